@@ -1,0 +1,33 @@
+# Set-up and everyday commands. `make train` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Offline by default: the quickstart and the tests build every model from its config.
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup train test test-slow benchmark clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned by constraints.txt, so that no later requirement can replace it.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+train: setup
+	$(PY) -m cvexp.train $(ARGS)
+
+test: setup
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(ARGS)
+
+benchmark: setup
+	$(PY) benchmarks/training_throughput.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,3 @@
+"""cvexp: a Hydra-driven experiment framework for fine-tuning Hugging Face detectors."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,109 @@
+"""Adapters for the DETR family of Hugging Face detectors.
+
+Two scoring schemes cover the family:
+
+- :class:`DetrAdapter` -- softmax over classes plus a "no object" class, one detection per query
+  (DETR, YOLOS, Table Transformer).
+- :class:`SigmoidDetrAdapter` -- per-class sigmoid (focal loss) with no "no object" class; the
+  top-k of queries x classes are the detections (Conditional, Deformable, DAB-DETR).
+
+Both train on normalised ``(cx, cy, w, h)`` boxes with contiguous class labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from cvexp.adapters.base import AdaptedOutput, Detections, OutputAdapter
+from cvexp.data.coco import DetectionTarget
+
+
+class DetrAdapter(OutputAdapter):
+    """Softmax scoring with a trailing no-object class; one detection per query.
+
+    Args:
+        label_map: contiguous training ids <-> the dataset's category ids.
+        pass_pixel_mask: False for models whose forward takes no ``pixel_mask`` (YOLOS).
+    """
+
+    def adapt_targets(self, targets: list[DetectionTarget]) -> list[dict[str, torch.Tensor]]:
+        labels = []
+        for target in targets:
+            height, width = target.size
+            # DETR-style losses ignore crowd regions and cannot match boxes without area.
+            keep = (target.iscrowd == 0) & (target.boxes[:, 2] > 0) & (target.boxes[:, 3] > 0)
+            x, y, w, h = target.boxes[keep].unbind(-1)
+            boxes = torch.stack([(x + w / 2) / width, (y + h / 2) / height, w / width, h / height], dim=-1)
+            labels.append({"class_labels": self.label_map.to_contiguous(target.category_ids[keep]), "boxes": boxes.float()})
+        return labels
+
+    def format_targets(self, labels: list[dict[str, torch.Tensor]], targets: list[DetectionTarget]) -> list[DetectionTarget]:
+        formatted = []
+        for label, target in zip(labels, targets, strict=True):
+            boxes = _cxcywh_to_abs_xywh(label["boxes"], target.size)
+            formatted.append(
+                DetectionTarget(
+                    image_id=target.image_id,
+                    boxes=boxes,
+                    category_ids=self.label_map.to_category_ids(label["class_labels"]),
+                    iscrowd=torch.zeros(len(boxes), dtype=torch.int64),
+                    area=boxes[:, 2] * boxes[:, 3],
+                    size=target.size,
+                    file_name=target.file_name,
+                )
+            )
+        return formatted
+
+    def adapt_output(self, outputs: Any) -> AdaptedOutput:
+        # The model's ``loss`` is already weighted by its config; the parts are logged unweighted.
+        parts = {name: value.detach() for name, value in outputs.loss_dict.items() if name.startswith("loss")}
+        return AdaptedOutput(loss=outputs.loss, loss_parts=parts)
+
+    def class_scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(query index, contiguous label, score) for each detection of one image."""
+        probabilities = logits.softmax(-1)[:, :-1]  # drop the no-object class
+        scores, labels = probabilities.max(-1)
+        return torch.arange(len(scores), device=scores.device), labels, scores
+
+    def format_predictions(self, outputs: Any, targets: list[DetectionTarget]) -> list[Detections]:
+        detections = []
+        for logits, pred_boxes, target in zip(outputs.logits.float(), outputs.pred_boxes.float(), targets, strict=True):
+            queries, labels, scores = self.class_scores(logits)
+            order = scores.argsort(descending=True)
+            queries, labels, scores = queries[order], labels[order], scores[order]
+            boxes = _cxcywh_to_abs_xywh(pred_boxes[queries], target.size)
+            detections.append(
+                Detections(
+                    image_id=target.image_id,
+                    boxes=boxes.cpu(),
+                    scores=scores.cpu(),
+                    category_ids=self.label_map.to_category_ids(labels),
+                )
+            )
+        return detections
+
+
+class SigmoidDetrAdapter(DetrAdapter):
+    """Per-class sigmoid scoring, top-k over queries x classes (Conditional/Deformable/DAB-DETR).
+
+    Args:
+        top_k: detections kept per image (COCO evaluation reads at most 100).
+    """
+
+    def __init__(self, label_map: LabelMap, pass_pixel_mask: bool = True, top_k: int = 100) -> None:
+        super().__init__(label_map, pass_pixel_mask)
+        self.top_k = top_k
+
+    def class_scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        num_classes = logits.shape[-1]
+        flat = logits.sigmoid().flatten()
+        scores, indices = flat.topk(min(self.top_k, flat.numel()))
+        return indices // num_classes, indices % num_classes, scores
+
+
+def _cxcywh_to_abs_xywh(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    height, width = size
+    cx, cy, w, h = boxes.float().unbind(-1)
+    return torch.stack([(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height], dim=-1)

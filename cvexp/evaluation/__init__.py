@@ -1,0 +1,1 @@
+"""Evaluation: COCO metrics, reports and plots."""

@@ -1,0 +1,134 @@
+"""COCO detection metrics with pycocotools semantics, computed by faster-coco-eval.
+
+Wrapped in a ``torchmetrics.Metric`` so that per-process predictions are gathered for free under
+distributed training. (torchmetrics' own ``MeanAveragePrecision`` needs torchvision, which has no
+CPU build here.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from faster_coco_eval import COCO, COCOeval_faster
+from torchmetrics import Metric
+
+from cvexp.adapters.base import Detections
+from cvexp.data.coco import Category, DetectionTarget
+
+# The order of COCOeval.stats for bounding boxes.
+COCO_STAT_NAMES = (
+    "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
+    "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large",
+)  # fmt: skip
+
+
+def coco_ground_truth(targets: Sequence[DetectionTarget], categories: Sequence[Category]) -> dict[str, Any]:
+    """A COCO ground-truth dict for ``targets``.
+
+    Annotation ids are renumbered from 1: pycocotools treats a matched ground-truth id of 0 as
+    "unmatched", so a dataset whose ids start at 0 would score its first box as a miss.
+    """
+    images, annotations = [], []
+    for target in targets:
+        height, width = target.size
+        images.append({"id": target.image_id, "height": height, "width": width, "file_name": target.file_name})
+        for box, category_id, iscrowd, area in zip(
+            target.boxes.tolist(), target.category_ids.tolist(), target.iscrowd.tolist(), target.area.tolist(), strict=True
+        ):
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": target.image_id, "bbox": box,
+                 "category_id": int(category_id), "iscrowd": int(iscrowd), "area": float(area)}
+            )  # fmt: skip
+    return {"images": images, "annotations": annotations, "categories": [{"id": c.id, "name": c.name} for c in categories]}
+
+
+def evaluate_coco(
+    ground_truth: dict[str, Any], results: list[dict[str, Any]] | np.ndarray, categories: Sequence[Category]
+) -> dict[str, float]:
+    """COCO bbox metrics of ``results`` against ``ground_truth``.
+
+    ``results`` is a COCO results-json list, or an ``(N, 7)`` array of rows
+    ``[image_id, x, y, w, h, score, category_id]`` (pycocotools' numpy form, much faster to load).
+
+    Returns the twelve COCO summary numbers (``map``, ``map_50`` ... ``mar_large``) and ``ap/<class
+    name>`` per category (-1 where the category has no ground truth, as pycocotools reports).
+    """
+    if len(results) == 0:
+        metrics = {name: 0.0 for name in COCO_STAT_NAMES}
+        metrics.update({f"ap/{c.name}": 0.0 for c in categories})
+        return metrics
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(ground_truth)
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=lambda *_: None)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    metrics = {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats, strict=False)}
+    # precision: [IoU thresholds, recall points, categories, area ranges, max detections]
+    precision = np.asarray(evaluator.eval["precision"])
+    category_order = list(evaluator.params.catIds)
+    for category in categories:
+        per_class = precision[:, :, category_order.index(category.id), 0, -1]
+        valid = per_class[per_class > -1]
+        metrics[f"ap/{category.name}"] = float(valid.mean()) if valid.size else -1.0
+    return metrics
+
+
+class CocoDetectionMetric(Metric):
+    """Accumulates detections and ground truth over an epoch; ``compute`` returns COCO metrics.
+
+    Args:
+        categories: the dataset's categories (ids and names), for per-class AP by name.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, categories: Sequence[Category], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.categories = list(categories)
+        # Rows: [image_id, x, y, w, h, score, category_id] and [image_id, x, y, w, h, category_id,
+        # iscrowd, area, height, width]; flat float64 tensors sync across processes as lists.
+        self.add_state("detection_rows", default=[], dist_reduce_fx="cat")
+        self.add_state("target_rows", default=[], dist_reduce_fx="cat")
+        self.add_state("image_rows", default=[], dist_reduce_fx="cat")
+
+    def update(self, detections: Sequence[Detections], targets: Sequence[DetectionTarget]) -> None:
+        for detection, target in zip(detections, targets, strict=True):
+            image_id = torch.full((len(detection.scores), 1), float(detection.image_id), dtype=torch.float64)
+            self.detection_rows.append(torch.cat(
+                [image_id, detection.boxes.double(), detection.scores.double()[:, None], detection.category_ids.double()[:, None]], 1
+            ).to(self.device))  # fmt: skip
+            count = len(target.boxes)
+            self.target_rows.append(torch.cat(
+                [torch.full((count, 1), float(target.image_id), dtype=torch.float64), target.boxes.double(),
+                 target.category_ids.double()[:, None], target.iscrowd.double()[:, None], target.area.double()[:, None]], 1
+            ).to(self.device))  # fmt: skip
+            self.image_rows.append(torch.tensor([[target.image_id, *target.size]], dtype=torch.float64, device=self.device))
+
+    def compute(self) -> dict[str, float]:
+        images = _rows(self.image_rows, 3)
+        target_rows = _rows(self.target_rows, 8)
+        detection_rows = _rows(self.detection_rows, 7)
+        targets = []
+        for image_id, height, width in np.unique(images, axis=0).tolist():
+            rows = target_rows[target_rows[:, 0] == image_id]
+            targets.append(DetectionTarget(
+                image_id=int(image_id), boxes=torch.from_numpy(rows[:, 1:5]), category_ids=torch.from_numpy(rows[:, 5]).long(),
+                iscrowd=torch.from_numpy(rows[:, 6]).long(), area=torch.from_numpy(rows[:, 7]), size=(int(height), int(width)),
+            ))  # fmt: skip
+        return evaluate_coco(coco_ground_truth(targets, self.categories), detection_rows, self.categories)
+
+
+def _rows(state: list[torch.Tensor] | torch.Tensor, width: int) -> np.ndarray:
+    if isinstance(state, torch.Tensor):  # after a distributed sync the list is one tensor
+        return state.reshape(-1, width).cpu().numpy()
+    if not state:
+        return np.zeros((0, width))
+    return torch.cat(state).cpu().numpy()

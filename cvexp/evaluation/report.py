@@ -1,0 +1,62 @@
+"""Human-facing run reports: the Rich summary table and training-curve plots."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+# Headline COCO numbers, in the order a reader scans them.
+HEADLINE_METRICS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
+
+
+def metrics_table(title: str, columns: Mapping[str, Mapping[str, float]]) -> Table:
+    """A table with one row per COCO metric (then per-class AP) and one column per split."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric", style="bold")
+    for name in columns:
+        table.add_column(name, justify="right")
+    names = [m for m in HEADLINE_METRICS if any(m in values for values in columns.values())]
+    names += sorted({m for values in columns.values() for m in values if m.startswith("ap/")})
+    for name in names:
+        cells = [_format(values.get(name)) for values in columns.values()]
+        table.add_row(name, *cells)
+    return table
+
+
+def print_table(table: Table) -> None:
+    Console(width=max(100, Console().width)).print(table)
+
+
+def _format(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "n/a" if value < 0 else f"{value:.4f}"
+
+
+def plot_training_curves(history: Mapping[str, list[tuple[int, float]]], path: Path) -> Path:
+    """Plots loss and mAP per epoch to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, map_axis) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for name, points in history.items():
+        if not points:
+            continue
+        epochs, values = zip(*points, strict=True)
+        axis = loss_axis if "loss" in name else map_axis
+        axis.plot(epochs, values, marker="o", markersize=3, label=name)
+    loss_axis.set(title="Loss", xlabel="epoch", ylabel="loss")
+    map_axis.set(title="Validation COCO metrics", xlabel="epoch", ylabel="score", ylim=(0, 1))
+    for axis in (loss_axis, map_axis):
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

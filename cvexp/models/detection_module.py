@@ -1,0 +1,112 @@
+"""The one LightningModule that trains and evaluates every Hugging Face detector."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+
+from cvexp.adapters.base import OutputAdapter
+from cvexp.evaluation.coco_metric import CocoDetectionMetric
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class DetectionModule(L.LightningModule):
+    """Trains a detector through its adapter and scores it with COCO metrics.
+
+    Logged names: ``train/loss_step``, ``train/loss_epoch`` and ``train/<loss part>``; ``val/loss``, ``val/map``,
+    ``val/map_50`` ... ``val/mar_100`` and ``val/ap/<class name>`` per validation epoch (``test/``
+    likewise).
+
+    Args:
+        model: a Hugging Face detection model.
+        adapter: the model family's output adapter.
+        optimizer: partial optimizer, called with the parameter groups.
+        scheduler: partial LR scheduler, called with the optimizer (and ``num_training_steps`` when
+            it takes that argument); stepped every optimizer step.
+        backbone_lr_scale: learning-rate factor for parameters whose name contains ``backbone``
+            (DETR practice when fine-tuning a pretrained backbone).
+        run_config: the resolved run configuration, stored in checkpoints.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        adapter: OutputAdapter,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        backbone_lr_scale: float = 1.0,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.adapter = adapter
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.backbone_lr_scale = backbone_lr_scale
+        self.run_config = run_config
+        categories = adapter.label_map.categories
+        self.val_metric = CocoDetectionMetric(categories)
+        self.test_metric = CocoDetectionMetric(categories)
+
+    def forward(self, batch: dict[str, Any]) -> Any:
+        return self.model(**self.adapter.model_inputs(batch, with_labels="labels" in batch))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        adapted = self.adapter.adapt_output(self(batch))
+        batch_size = len(batch["targets"])
+        self.log("train/loss", adapted.loss, prog_bar=True, on_epoch=True, batch_size=batch_size)
+        self.log_dict({f"train/{name}": value for name, value in adapted.loss_parts.items()}, batch_size=batch_size)
+        return adapted.loss
+
+    def _evaluation_step(self, batch: dict[str, Any], stage: str, metric: CocoDetectionMetric) -> None:
+        outputs = self(batch)
+        self.log(f"{stage}/loss", self.adapter.adapt_output(outputs).loss, batch_size=len(batch["targets"]), sync_dist=True)
+        metric.update(self.adapter.format_predictions(outputs, batch["targets"]), batch["targets"])
+
+    def _log_metric(self, stage: str, metric: CocoDetectionMetric) -> None:
+        values = metric.compute()
+        metric.reset()
+        # compute() already gathered every process's detections: the values agree, no sync needed.
+        self.log(f"{stage}/map_50", values.pop("map_50"), prog_bar=True)
+        self.log_dict({f"{stage}/{name}": value for name, value in values.items()})
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, "val", self.val_metric)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric("val", self.val_metric)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, "test", self.test_metric)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric("test", self.test_metric)
+
+    def configure_optimizers(self) -> Any:
+        backbone, rest = [], []
+        for name, parameter in self.model.named_parameters():
+            if parameter.requires_grad:
+                (backbone if "backbone" in name else rest).append(parameter)
+        optimizer = self.optimizer_factory([{"params": rest}] + ([{"params": backbone}] if backbone else []))
+        if backbone:
+            optimizer.param_groups[1]["lr"] *= self.backbone_lr_scale
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs = {}
+        if "num_training_steps" in inspect.signature(self.scheduler_factory).parameters:
+            kwargs["num_training_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Enough to rebuild the run later (evaluate, register) without the original config files.
+        checkpoint["cvexp"] = {
+            "config": self.run_config,
+            "categories": [{"id": c.id, "name": c.name} for c in self.adapter.label_map.categories],
+        }

@@ -1,0 +1,144 @@
+"""The training job: config -> data, model, adapter -> fit -> test -> report.
+
+Importable and testable without Hydra's command line; :mod:`cvexp.train` is its thin entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
+
+from cvexp.data import DetectionCollator
+from cvexp.evaluation.report import metrics_table, print_table
+from cvexp.models.detection_module import DetectionModule
+from cvexp.tracking.mlflow import log_run_config, ui_command
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSummary:
+    """What a training run produced, for the caller (and for sweepers: ``optimized_value``)."""
+
+    optimized_metric: str
+    optimized_value: float | None
+    best_model_path: str | None
+    val_metrics: dict[str, float]
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    mlflow_run_id: str | None = None
+
+
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def route_lightning_logs() -> None:
+    """Sends Lightning's messages through the root logger only (Hydra's console and log file).
+
+    Lightning adds a console handler of its own at import, so every message would print twice.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        return
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+    for handler in root.handlers:
+        handler.addFilter(_DropLightningTips())
+
+
+def seed_and_threads(cfg: DictConfig) -> None:
+    """Seeds every generator (``seed=0`` included) and sets torch's thread count."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+
+
+def build_training(cfg: DictConfig) -> tuple[DetectionModule, Any]:
+    """Instantiates the DataModule and the LightningModule from ``cfg``; nothing is trained."""
+    datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
+    datamodule.prepare_data()  # e.g. writes the synthetic dataset on first use
+    label_map = datamodule.label_map  # the class list comes from the data, never from config
+    adapter = instantiate(cfg.adapter, label_map=label_map)
+    detector = instantiate(cfg.model, label_map=label_map)
+    datamodule.collate_fn = DetectionCollator(detector.image_processor, adapter, image_size=datamodule.image_size)
+    module = DetectionModule(
+        model=detector.model,
+        adapter=adapter,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    return module, datamodule
+
+
+def run_training(cfg: DictConfig) -> TrainingSummary:
+    """Trains, tests the best checkpoint, prints the summary table and returns the summary."""
+    route_lightning_logs()
+    seed_and_threads(cfg)
+    module, datamodule = build_training(cfg)
+    callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values() if callback]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    if not logger:
+        # Learning rates can only be logged to a logger; Lightning refuses the callback without one.
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    engine = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    output_dir = Path(cfg.paths.output_dir)
+    if logger:
+        log_run_config(logger, cfg, output_dir)
+
+    started = time.perf_counter()
+    fit = engine.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_seconds = time.perf_counter() - started
+
+    val_metrics = _stage_metrics(fit.metrics, "val")
+    test_metrics: dict[str, float] = {}
+    if cfg.get("test_after_fit") and datamodule.has_split("test"):
+        ckpt = fit.best_model_path if fit.best_model_path else None
+        test_metrics = _stage_metrics(engine.test(module, datamodule, ckpt_path=ckpt), "test")
+
+    summary = TrainingSummary(
+        optimized_metric=cfg.optimized_metric,
+        optimized_value=fit.best_score if fit.monitor == cfg.optimized_metric else fit.metrics.get(cfg.optimized_metric),
+        best_model_path=fit.best_model_path,
+        val_metrics=val_metrics,
+        test_metrics=test_metrics,
+        train_seconds=train_seconds,
+        mlflow_run_id=getattr(logger, "run_id", None) if logger else None,
+    )
+    report(summary, cfg, logger)
+    return summary
+
+
+def _stage_metrics(metrics: dict[str, float], stage: str) -> dict[str, float]:
+    prefix = f"{stage}/"
+    return {name[len(prefix):]: value for name, value in metrics.items() if name.startswith(prefix)}
+
+
+def report(summary: TrainingSummary, cfg: DictConfig, logger: Any) -> None:
+    """Prints the run's summary table, where its files are, and how to open MLflow."""
+    columns = {"val (last epoch)": summary.val_metrics}
+    if summary.test_metrics:
+        columns["test (best ckpt)"] = summary.test_metrics
+    print_table(metrics_table(f"cvexp.train — {summary.train_seconds / 60:.1f} min of training", columns))
+    best = "-" if summary.optimized_value is None else f"{summary.optimized_value:.4f}"
+    lines = [
+        f"best {summary.optimized_metric}: {best}",
+        f"best checkpoint: {summary.best_model_path or '-'}",
+        f"run directory: {cfg.paths.output_dir}",
+    ]
+    if logger and summary.mlflow_run_id:
+        lines.append(f"MLflow run {summary.mlflow_run_id}; open the UI with:\n    {ui_command(logger)}")
+    for line in lines:
+        print(line)

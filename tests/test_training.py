@@ -1,0 +1,75 @@
+"""Short real trainings: every model YAML, MLflow logging, checkpoints, resume, seeding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from cvexp.training import run_training, seed_and_threads
+
+
+def _client(cfg) -> MlflowClient:
+    return MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+
+
+def _artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found += _artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return found
+
+
+@pytest.mark.parametrize("model", ["conditional_detr", "detr", "yolos"])
+def test_each_model_trains_evaluates_and_logs_one_mlflow_run(train_config, model: str) -> None:
+    cfg = train_config([f"model={model}", "debug=smoke"])
+    summary = run_training(cfg)
+
+    assert Path(summary.best_model_path).is_file()
+    for stage in (summary.val_metrics, summary.test_metrics):
+        assert {"map", "map_50", "map_75", "mar_100", "ap/circle", "ap/square", "ap/triangle"} <= set(stage)
+        assert all(-1.0 <= value <= 1.0 for name, value in stage.items() if name != "loss")
+
+    client = _client(cfg)
+    experiment = client.get_experiment_by_name(cfg.logger.experiment_name)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == summary.mlflow_run_id
+    run = runs[0]
+    assert run.data.params["model.model_class"].endswith("ForObjectDetection")
+    assert run.data.params["seed"] == "42"
+    assert run.data.tags["model"] == model
+    assert {"train/loss_step", "val/map", "val/map_50", "val/ap/circle", "test/map_50"} <= set(run.data.metrics)
+    artifacts = _artifact_paths(client, run.info.run_id)
+    assert "config.yaml" in artifacts
+    assert "plots/training_curves.png" in artifacts
+    assert any(path.endswith(".ckpt") for path in artifacts), artifacts
+
+
+def test_training_resumes_from_a_checkpoint(train_config, tmp_path: Path) -> None:
+    first = run_training(train_config(["debug=smoke", "trainer.max_epochs=1", "logger=none", "test_after_fit=false"]))
+    last = Path(first.best_model_path).parent / "last.ckpt"
+    state = torch.load(last, weights_only=False)
+    assert state["epoch"] == 0 and state["global_step"] == 3
+    assert [c["name"] for c in state["cvexp"]["categories"]] == ["circle", "square", "triangle"]
+
+    resumed_cfg = train_config(["debug=smoke", "trainer.max_epochs=2", "logger=none", "test_after_fit=false", f"ckpt_path={last}",
+                                f"paths.output_dir={tmp_path}/resumed"])  # fmt: skip
+    resumed = run_training(resumed_cfg)
+    state = torch.load(Path(resumed.best_model_path).parent / "last.ckpt", weights_only=False)
+    assert state["epoch"] == 1 and state["global_step"] == 6  # continued, not restarted
+
+
+def test_seed_zero_is_honoured(train_config) -> None:
+    seed_and_threads(train_config(["seed=0"]))
+    assert torch.initial_seed() == 0
+    first = torch.rand(3)
+    seed_and_threads(train_config(["seed=0"]))
+    assert torch.equal(first, torch.rand(3))
+
+
+def test_mlflow_module_is_not_left_with_an_active_run(train_config) -> None:
+    run_training(train_config(["debug=smoke", "trainer.max_epochs=1", "test_after_fit=false"]))
+    assert mlflow.active_run() is None
