@@ -83,12 +83,16 @@ def build_training(cfg: DictConfig) -> tuple[DetectionModule, Any]:
     return module, datamodule
 
 
-def run_training(cfg: DictConfig) -> TrainingSummary:
-    """Trains, tests the best checkpoint, prints the summary table and returns the summary."""
+def run_training(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> TrainingSummary:
+    """Trains, tests the best checkpoint, prints the summary table and returns the summary.
+
+    ``extra_callbacks`` are added to the configured ones (for programmatic use, e.g. benchmarks).
+    """
     route_lightning_logs()
     seed_and_threads(cfg)
     module, datamodule = build_training(cfg)
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values() if callback]
+    callbacks += extra_callbacks or []
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     if not logger:
         # Learning rates can only be logged to a logger; Lightning refuses the callback without one.

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from hydra.utils import get_class
 
 from cvexp.data.coco import LabelMap
@@ -28,6 +29,7 @@ def build_detector(
     image_processor: Any | None = None,
     pretrained: str | None = None,
     train_backbone: bool | None = None,
+    trainable_batch_norm: bool = False,
 ) -> Detector:
     """Builds a detector whose classification head matches ``label_map``.
 
@@ -43,6 +45,10 @@ def build_detector(
             pretrained backbone's early stages, and with a Hugging Face ResNet backbone the whole
             backbone); ``True`` trains every backbone parameter (needed from random init);
             ``False`` freezes the backbone.
+        trainable_batch_norm: replace the backbone's frozen batch norm (DETR-family models freeze
+            its statistics, which suits a pretrained backbone) with ``BatchNorm2d`` that learns.
+            From random init the frozen layers are identities and leave the backbone without any
+            normalisation; learning it trains several times faster (docs/benchmarks.md).
     """
     cls = get_class(model_class)
     labels = {"id2label": label_map.id2label, "label2id": label_map.label2id}
@@ -51,7 +57,7 @@ def build_detector(
             from transformers import AutoImageProcessor
 
             model = cls.from_pretrained(pretrained, ignore_mismatched_sizes=True, **labels)
-            _set_backbone_trainable(model, train_backbone)
+            _adjust_backbone(model, train_backbone, trainable_batch_norm)
             return Detector(model=model, image_processor=AutoImageProcessor.from_pretrained(pretrained))
         except OSError as error:
             if config is None:
@@ -62,13 +68,29 @@ def build_detector(
         raise ValueError("model.config and model.image_processor are required when model.pretrained is not set.")
     config.id2label, config.label2id = labels["id2label"], labels["label2id"]
     model = cls(config)
-    _set_backbone_trainable(model, train_backbone)
+    _adjust_backbone(model, train_backbone, trainable_batch_norm)
     return Detector(model=model, image_processor=image_processor)
 
 
-def _set_backbone_trainable(model: Any, trainable: bool | None) -> None:
-    if trainable is None:
-        return
-    for name, parameter in model.named_parameters():
-        if "backbone" in name:
-            parameter.requires_grad_(trainable)
+def _adjust_backbone(model: Any, trainable: bool | None, trainable_batch_norm: bool) -> None:
+    if trainable_batch_norm:
+        _unfreeze_batch_norm(model)
+    if trainable is not None:
+        for name, parameter in model.named_parameters():
+            if "backbone" in name:
+                parameter.requires_grad_(trainable)
+
+
+def _unfreeze_batch_norm(module: torch.nn.Module) -> None:
+    """Swaps every ``*FrozenBatchNorm2d`` (each HF DETR-family model defines one) for ``BatchNorm2d``."""
+    for name, child in module.named_children():
+        if type(child).__name__.endswith("FrozenBatchNorm2d"):
+            norm = torch.nn.BatchNorm2d(child.weight.shape[0])
+            with torch.no_grad():  # keep whatever statistics it held (pretrained ones, say)
+                norm.weight.copy_(child.weight)
+                norm.bias.copy_(child.bias)
+                norm.running_mean.copy_(child.running_mean)
+                norm.running_var.copy_(child.running_var)
+            setattr(module, name, norm)
+        else:
+            _unfreeze_batch_norm(child)
