@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    overrides = [f"trainer.max_epochs={args.epochs}", "trainer.limit_val_batches=0", "test_after_fit=false", *args.overrides]
+    overrides = [f"trainer.max_epochs={args.epochs}", "+trainer.limit_val_batches=0", "test_after_fit=false", *args.overrides]
     cvexp_rates, loop_rates = [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

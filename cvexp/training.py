@@ -78,6 +78,7 @@ def build_training(cfg: DictConfig) -> tuple[DetectionModule, Any]:
         adapter=adapter,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        backbone_lr_scale=cfg.get("backbone_lr_scale", 1.0),
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
     return module, datamodule

@@ -73,3 +73,14 @@ def test_seed_zero_is_honoured(train_config) -> None:
 def test_mlflow_module_is_not_left_with_an_active_run(train_config) -> None:
     run_training(train_config(["debug=smoke", "trainer.max_epochs=1", "test_after_fit=false"]))
     assert mlflow.active_run() is None
+
+
+def test_backbone_learning_rate_is_scaled(train_config) -> None:
+    from cvexp.training import build_training
+
+    module, _ = build_training(train_config(["backbone_lr_scale=0.1", "~scheduler", "optimizer.lr=0.002"]))
+    optimizer = module.configure_optimizers()
+    head, backbone = optimizer.param_groups
+    assert head["lr"] == pytest.approx(0.002) and backbone["lr"] == pytest.approx(0.0002)
+    backbone_ids = {id(p) for n, p in module.model.named_parameters() if "backbone" in n}
+    assert {id(p) for p in backbone["params"]} == backbone_ids

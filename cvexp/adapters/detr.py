@@ -57,8 +57,9 @@ class DetrAdapter(OutputAdapter):
         return formatted
 
     def adapt_output(self, outputs: Any) -> AdaptedOutput:
-        # The model's ``loss`` is already weighted by its config; the parts are logged unweighted.
-        parts = {name: value.detach() for name, value in outputs.loss_dict.items() if name.startswith("loss")}
+        # The model's ``loss`` is already weighted by its config; the parts are logged unweighted,
+        # for the last decoder layer only (auxiliary-loss layers add ``_0``, ``_1``, ... copies).
+        parts = {name: value.detach() for name, value in outputs.loss_dict.items() if name.startswith("loss") and not name[-1].isdigit()}
         return AdaptedOutput(loss=outputs.loss, loss_parts=parts)
 
     def class_scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,8 @@ from cvexp.evaluation.coco_metric import CocoDetectionMetric
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
+
+log = logging.getLogger(__name__)
 
 
 class DetectionModule(L.LightningModule):
@@ -72,6 +75,10 @@ class DetectionModule(L.LightningModule):
     def _log_metric(self, stage: str, metric: CocoDetectionMetric) -> None:
         values = metric.compute()
         metric.reset()
+        if self.trainer.sanity_checking:
+            return
+        # A line per evaluation, for logs read without the progress bar (files, CI).
+        log.info("%s epoch %d: map_50=%.4f map=%.4f mar_100=%.4f", stage, self.current_epoch, values["map_50"], values["map"], values["mar_100"])
         # compute() already gathered every process's detections: the values agree, no sync needed.
         self.log(f"{stage}/map_50", values.pop("map_50"), prog_bar=True)
         self.log_dict({f"{stage}/{name}": value for name, value in values.items()})
