@@ -84,3 +84,13 @@ def test_backbone_learning_rate_is_scaled(train_config) -> None:
     assert head["lr"] == pytest.approx(0.002) and backbone["lr"] == pytest.approx(0.0002)
     backbone_ids = {id(p) for n, p in module.model.named_parameters() if "backbone" in n}
     assert {id(p) for p in backbone["params"]} == backbone_ids
+
+
+def test_precision_auto_is_fp32_on_cpu_and_explicit_values_pass_through() -> None:
+    from cvexp.engines.local import resolve_precision
+
+    if torch.cuda.is_available():
+        assert resolve_precision("auto") in ("bf16-mixed", "16-mixed")
+    else:
+        assert resolve_precision("auto") == "32-true"
+    assert resolve_precision("bf16-mixed") == "bf16-mixed"
