@@ -46,13 +46,15 @@ class _DropLightningTips(logging.Filter):
 def route_lightning_logs() -> None:
     """Sends Lightning's messages through the root logger only (Hydra's console and log file).
 
-    Lightning adds a console handler of its own at import, so every message would print twice.
+    Lightning adds console handlers of its own at import, so every message would print twice.
     """
     root = logging.getLogger()
     if not root.handlers:
         return
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).handlers.clear()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
     for handler in root.handlers:
         handler.addFilter(_DropLightningTips())
 
