@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from cvexp.adapters.base import AdaptedOutput, Detections, OutputAdapter
-from cvexp.data.coco import DetectionTarget
+from cvexp.data.coco import DetectionTarget, LabelMap
 
 
 class DetrAdapter(OutputAdapter):
