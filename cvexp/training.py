@@ -56,7 +56,9 @@ def route_lightning_logs() -> None:
         logger.handlers.clear()
         logger.propagate = True
     for handler in root.handlers:
-        handler.addFilter(_DropLightningTips())
+        # Once per handler, however many runs this process makes (tests, sweeps).
+        if not any(isinstance(f, _DropLightningTips) for f in handler.filters):
+            handler.addFilter(_DropLightningTips())
 
 
 def seed_and_threads(cfg: DictConfig) -> None:

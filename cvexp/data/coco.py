@@ -45,6 +45,9 @@ class LabelMap:
 
     def __init__(self, categories: list[Category]) -> None:
         self.categories = list(categories)
+        # Built once: both lookups run for every image of every batch.
+        self._index_of_id = {category.id: index for index, category in enumerate(self.categories)}
+        self._ids = torch.tensor([category.id for category in self.categories], dtype=torch.int64)
 
     def __repr__(self) -> str:
         return f"LabelMap({self.categories!r})"
@@ -66,12 +69,10 @@ class LabelMap:
         return {category.name: index for index, category in enumerate(self.categories)}
 
     def to_contiguous(self, category_ids: torch.Tensor) -> torch.Tensor:
-        lookup = {category.id: index for index, category in enumerate(self.categories)}
-        return torch.tensor([lookup[int(c)] for c in category_ids], dtype=torch.int64)
+        return torch.tensor([self._index_of_id[int(c)] for c in category_ids], dtype=torch.int64)
 
     def to_category_ids(self, labels: torch.Tensor) -> torch.Tensor:
-        ids = torch.tensor([category.id for category in self.categories], dtype=torch.int64)
-        return ids[labels.cpu().long()]
+        return self._ids[labels.cpu().long()]
 
     @classmethod
     def from_coco(cls, coco: COCO) -> LabelMap:
