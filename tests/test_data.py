@@ -108,6 +108,26 @@ def test_synthetic_shapes_boxes_cover_the_drawn_pixels(tmp_path: Path) -> None:
             assert np.abs(inside - background).sum(1).max() > 100
 
 
+@pytest.mark.parametrize("augmentation", ["basic", "strong"])
+def test_cached_images_are_decoded_once_and_survive_augmentation(tmp_path: Path, augmentation: str) -> None:
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_train_config
+
+    SyntheticShapes(str(tmp_path / "shapes"), num_train=6, num_val=2, num_test=2)()
+    transform = instantiate(compose_train_config(tmp_path, tmp_path, [f"augmentation={augmentation}"]).augmentation)
+    split = CocoSplit(str(tmp_path / "shapes" / "train"))
+    cached = CocoDetectionDataset(split, transform=transform, cache_images=True)
+    plain = CocoDetectionDataset(split)
+    for _epoch in range(3):
+        for index in range(len(cached)):
+            cached[index]  # the transform must not write into the cached pixels
+    for index in range(len(cached)):
+        image_id = cached.image_ids[index]
+        assert np.array_equal(cached._image_cache[image_id], plain[index].image)  # unchanged after 3 epochs
+        assert cached._load_image(image_id, "not-read-again.png") is cached._image_cache[image_id]
+
+
 # --- images -----------------------------------------------------------------------------
 
 

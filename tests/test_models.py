@@ -19,7 +19,7 @@ def _model_cfg(tmp_path: Path, model: str, *overrides: str):
     return compose_train_config(tmp_path, tmp_path, [f"model={model}", *overrides]).model
 
 
-@pytest.mark.parametrize("model", ["conditional_detr", "detr", "yolos"])
+@pytest.mark.parametrize("model", ["deformable_detr", "conditional_detr", "detr", "yolos"])
 def test_models_build_from_config_with_the_data_s_classes(tmp_path: Path, model: str) -> None:
     detector = instantiate(_model_cfg(tmp_path, model), label_map=LABEL_MAP)
     assert detector.model.config.id2label == {0: "rbc", 1: "wbc"}
@@ -49,3 +49,19 @@ def test_frozen_backbone_keeps_model_defaults(tmp_path: Path) -> None:
     detector = instantiate(cfg, label_map=LABEL_MAP)
     assert not any(p.requires_grad for n, p in detector.model.named_parameters() if "backbone" in n)
     assert any(type(m).__name__.endswith("FrozenBatchNorm2d") for m in detector.model.modules())
+
+
+def test_from_scratch_heads_start_at_the_focal_prior_and_the_reference_points(tmp_path: Path) -> None:
+    detector = instantiate(_model_cfg(tmp_path, "conditional_detr"), label_map=LABEL_MAP)
+    classifier = detector.model.class_labels_classifier
+    assert torch.allclose(classifier.bias.sigmoid(), torch.full_like(classifier.bias, 0.01))
+    last_box_layer = detector.model.bbox_predictor.layers[-1]
+    assert not last_box_layer.weight.any() and not last_box_layer.bias.any()
+
+
+def test_an_initializer_naming_a_missing_module_says_which(tmp_path: Path) -> None:
+    from cvexp.models.initialization import focal_prior_bias
+
+    detector = instantiate(_model_cfg(tmp_path, "detr"), label_map=LABEL_MAP)
+    with pytest.raises(ValueError, match="has no submodule 'classifier_head'"):
+        focal_prior_bias(detector.model, "classifier_head")

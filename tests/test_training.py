@@ -23,7 +23,7 @@ def _artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> list[s
     return found
 
 
-@pytest.mark.parametrize("model", ["conditional_detr", "detr", "yolos"])
+@pytest.mark.parametrize("model", ["deformable_detr", "conditional_detr", "detr", "yolos"])
 def test_each_model_trains_evaluates_and_logs_one_mlflow_run(train_config, model: str) -> None:
     cfg = train_config([f"model={model}", "debug=smoke"])
     summary = run_training(cfg)
@@ -94,3 +94,15 @@ def test_precision_auto_is_fp32_on_cpu_and_explicit_values_pass_through() -> Non
     else:
         assert resolve_precision("auto") == "32-true"
     assert resolve_precision("bf16-mixed") == "bf16-mixed"
+
+
+def test_the_same_seed_trains_the_same_weights(train_config, tmp_path: Path) -> None:
+    # Augmentation included: albumentations keeps a generator of its own that the seed must reach.
+    weights = []
+    for attempt in range(2):
+        cfg = train_config(["debug=smoke", "augmentation=strong", "trainer.max_epochs=1", "logger=none", "test_after_fit=false",
+                            f"paths.output_dir={tmp_path}/attempt{attempt}"])  # fmt: skip
+        summary = run_training(cfg)
+        weights.append(torch.load(Path(summary.best_model_path).parent / "last.ckpt", weights_only=False)["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])

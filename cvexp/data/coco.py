@@ -151,9 +151,14 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
         transform: an albumentations ``Compose`` built by :func:`cvexp.data.augmentation.detection_compose`.
         on_invalid: ``raise`` stops at the first bad record with a message naming it; ``skip``
             warns and drops the record (a missing image drops the image, a bad box its annotation).
+        cache_images: keep each decoded image in memory after its first read (each DataLoader
+            worker holds its own copy). Worth it for small datasets read for many epochs: decoding
+            is about a third of the data time of the default run.
     """
 
-    def __init__(self, split: CocoSplit, transform: Any | None = None, on_invalid: InvalidPolicy = "raise") -> None:
+    def __init__(
+        self, split: CocoSplit, transform: Any | None = None, on_invalid: InvalidPolicy = "raise", cache_images: bool = False
+    ) -> None:
         if on_invalid not in ("raise", "skip"):
             raise DatasetError(f"data.on_invalid is '{on_invalid}'; use 'raise' or 'skip'.")
         self.split = split
@@ -164,6 +169,7 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
         self.label_map = LabelMap.from_coco(self.coco)
         self.image_ids: list[int] = []
         self._annotations: dict[int, list[dict]] = {}
+        self._image_cache: dict[int, np.ndarray] | None = {} if cache_images else None
         self._validate()
 
     def _reject(self, message: str) -> None:
@@ -195,7 +201,7 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> DetectionSample:
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
-        image = load_rgb_image(Path(self.split.images_dir) / info["file_name"])
+        image = self._load_image(image_id, info["file_name"])
         annotations = self._annotations[image_id]
         boxes = np.array([a["bbox"] for a in annotations], dtype=np.float32).reshape(-1, 4)
         category_ids = np.array([a["category_id"] for a in annotations], dtype=np.int64)
@@ -223,6 +229,16 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
             file_name=info["file_name"],
         )
         return DetectionSample(image=image, target=target)
+
+    def _load_image(self, image_id: int, file_name: str) -> np.ndarray:
+        if self._image_cache is None:
+            return load_rgb_image(Path(self.split.images_dir) / file_name)
+        image = self._image_cache.get(image_id)
+        if image is None:
+            image = load_rgb_image(Path(self.split.images_dir) / file_name)
+            image.flags.writeable = False  # shared by every epoch: a transform must not write into it
+            self._image_cache[image_id] = image
+        return image
 
 
 def load_rgb_image(path: Path) -> np.ndarray:

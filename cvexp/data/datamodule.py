@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader, get_worker_info
 
 from cvexp.data.coco import CocoDetectionDataset, CocoSplit, DatasetError, InvalidPolicy, LabelMap
 
@@ -27,6 +29,8 @@ class CocoDetectionDataModule(L.LightningDataModule):
         image_size: longer image side fed to the model; ``None`` keeps the processor's setting.
         on_invalid: ``raise`` or ``skip`` bad records (see :class:`CocoDetectionDataset`).
         prepare: called once before the splits are read, e.g. to generate a synthetic dataset.
+        pin_memory: DataLoader ``pin_memory`` (faster host-to-GPU copies).
+        cache_images: keep decoded images in memory (see :class:`CocoDetectionDataset`).
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class CocoDetectionDataModule(L.LightningDataModule):
         on_invalid: InvalidPolicy = "raise",
         prepare: Callable[[], None] | None = None,
         pin_memory: bool = False,
+        cache_images: bool = False,
     ) -> None:
         super().__init__()
         self.splits = {
@@ -54,6 +59,7 @@ class CocoDetectionDataModule(L.LightningDataModule):
         self.on_invalid = on_invalid
         self.prepare = prepare
         self.pin_memory = pin_memory
+        self.cache_images = cache_images
         self.collate_fn: Callable | None = None
         self.datasets: dict[str, CocoDetectionDataset] = {}
 
@@ -65,7 +71,12 @@ class CocoDetectionDataModule(L.LightningDataModule):
         for name, split in self.splits.items():
             if name not in self.datasets:
                 transform = self.augmentation if name == "train" else None
-                self.datasets[name] = CocoDetectionDataset(split, transform=transform, on_invalid=self.on_invalid)
+                self.datasets[name] = CocoDetectionDataset(split, transform=transform, on_invalid=self.on_invalid,
+                                                           cache_images=self.cache_images)  # fmt: skip
+                if transform is not None:
+                    # albumentations draws from a generator of its own that no global seed reaches:
+                    # seed it from torch's, so that `seed=` makes the augmentations reproducible too.
+                    _seed_augmentation(transform, int(torch.randint(0, 2**31 - 1, (1,))) + self._rank)
 
     @property
     def label_map(self) -> LabelMap:
@@ -89,8 +100,23 @@ class CocoDetectionDataModule(L.LightningDataModule):
             collate_fn=self.collate_fn,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=self._seed_worker_augmentation if shuffle else None,
             drop_last=False,
         )
+
+    def _seed_worker_augmentation(self, worker_id: int) -> None:
+        # Each worker holds a copy of the pipeline; without a reseed every worker would draw the
+        # same augmentations. torch gives each worker a distinct seed derived from the run's seed.
+        # Lightning adds its own worker seeding only where a loader has none: call it here (it
+        # also mixes in the process rank, so DDP ranks draw differently).
+        pl_worker_init_function(worker_id, rank=self._rank)
+        info = get_worker_info()
+        if info is not None:
+            _seed_augmentation(info.dataset.transform, int(torch.randint(0, 2**31 - 1, (1,))))
+
+    @property
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -100,6 +126,11 @@ class CocoDetectionDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _seed_augmentation(augmentation: Any | None, seed: int) -> None:
+    if augmentation is not None and hasattr(augmentation, "set_random_seed"):
+        augmentation.set_random_seed(seed)
 
 
 def _as_split(spec: CocoSplit | dict, root: str | None) -> CocoSplit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ def build_detector(
     pretrained: str | None = None,
     train_backbone: bool | None = None,
     trainable_batch_norm: bool = False,
+    initializers: Sequence[Callable[[torch.nn.Module], None]] = (),
 ) -> Detector:
     """Builds a detector whose classification head matches ``label_map``.
 
@@ -49,6 +51,9 @@ def build_detector(
             its statistics, which suits a pretrained backbone) with ``BatchNorm2d`` that learns.
             From random init the frozen layers are identities and leave the backbone without any
             normalisation; learning it trains several times faster (docs/benchmarks.md).
+        initializers: callables applied to a model built from ``config`` (random init), e.g. the
+            focal-loss prior of :mod:`cvexp.models.initialization`; pretrained weights are left as
+            they were trained.
     """
     cls = get_class(model_class)
     labels = {"id2label": label_map.id2label, "label2id": label_map.label2id}
@@ -69,6 +74,8 @@ def build_detector(
     config.id2label, config.label2id = labels["id2label"], labels["label2id"]
     model = cls(config)
     _adjust_backbone(model, train_backbone, trainable_batch_norm)
+    for initialize in initializers:
+        initialize(model)
     return Detector(model=model, image_processor=image_processor)
 
 
