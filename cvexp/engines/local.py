@@ -17,7 +17,7 @@ class FitResult:
     best_score: float | None
     monitor: str | None
     metrics: dict[str, float]  # the last logged value of every metric
-    trainer: L.Trainer
+    trainer: L.Trainer | None  # None when the training ran in other processes (RayEngine)
 
 
 def resolve_precision(precision: str) -> str:

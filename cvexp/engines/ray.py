@@ -1,0 +1,273 @@
+"""Distributed training with Ray Train: ``num_workers`` Lightning DDP workers on a Ray cluster.
+
+The driver (the ``cvexp.train`` process) builds the LightningModule, the DataModule, the callbacks
+and the logger exactly as for local training and hands them to :class:`RayEngine`. Each Ray Train
+worker receives a pickled copy, builds its own ``lightning.Trainer`` with Ray's DDP strategy and
+cluster environment, and fits. Only rank 0 logs (Lightning loggers are rank-zero-only) into the
+MLflow run the driver opened, so a run stays one MLflow run whatever the number of workers.
+
+After every epoch that validated, rank 0's Lightning checkpoint is reported to Ray Train, which
+keeps the best ``checkpoints_to_keep`` by the optimised metric and restarts the worker group from
+the latest one when a worker dies (up to ``max_failures`` times). The best checkpoint comes back to
+the driver, where :meth:`RayEngine.test` evaluates it in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from cvexp.engines.local import FitResult, LocalEngine, resolve_precision
+
+log = logging.getLogger(__name__)
+
+# The file name RayTrainReportCallback gives the Lightning checkpoint inside a Ray checkpoint.
+_CHECKPOINT_FILE = "checkpoint.ckpt"
+
+
+class RayEngine:
+    """Fits with Ray Train's ``TorchTrainer`` (Lightning DDP in every worker); tests on the driver.
+
+    Args:
+        callbacks: Lightning callbacks; every worker gets a copy (they must be picklable).
+        logger: a Lightning logger, or ``False``; workers log into the driver's run (rank 0 only).
+        num_workers: training processes (DDP ranks).
+        use_gpu: one GPU per worker (``gpus_per_worker``); otherwise CPU workers with the gloo backend.
+        cpus_per_worker, gpus_per_worker: Ray resources each worker reserves.
+        address: ``None`` starts a fresh local cluster (stopped again after training); ``auto`` joins
+            the cluster this machine belongs to; ``ray://host:10001`` a remote one. Ignored when Ray is
+            already initialised in this process (e.g. a job of ``hydra/launcher=ray``).
+        init: further ``ray.init`` arguments (e.g. ``num_cpus`` for a fresh cluster, ``runtime_env``).
+        storage_path: where Ray Train writes its checkpoints; shared storage (NFS, ``s3://``,
+            ``/dbfs/...``) on a multi-node cluster.
+        name: the Ray Train run's folder under ``storage_path``; ``None``: a new unique name. Reusing
+            the name of an unfinished run resumes it from its latest checkpoint.
+        checkpoints_to_keep: Ray checkpoints kept, the best by ``checkpoint_score_attribute``.
+        checkpoint_score_attribute, checkpoint_score_order: the metric checkpoints are ranked by,
+            and whether higher (``max``) or lower (``min``) is better.
+        max_failures: times a failed worker group is restarted from the latest checkpoint.
+        find_unused_parameters: let DDP find parameters that get no gradient in a step. Needed when
+            a model has such parameters (Hugging Face's two-stage Deformable DETR computes no loss
+            for its encoder proposal head); ``False`` saves a graph walk per step otherwise.
+        precision: a Lightning precision, or ``auto`` (resolved in each worker, see
+            :func:`~cvexp.engines.local.resolve_precision`).
+        accelerator, devices, strategy: must stay ``auto``: each worker drives one device, CPU or
+            (with ``use_gpu``) GPU, with Ray's DDP strategy; scale with ``num_workers``.
+        **trainer_options: any other ``lightning.Trainer`` argument (max_epochs, gradient_clip_val, ...).
+    """
+
+    def __init__(
+        self,
+        callbacks: list[L.Callback] | None = None,
+        logger: Any = False,
+        num_workers: int = 2,
+        use_gpu: bool = False,
+        cpus_per_worker: float = 1,
+        gpus_per_worker: float = 1,
+        address: str | None = None,
+        init: dict[str, Any] | None = None,
+        storage_path: str | None = None,
+        name: str | None = None,
+        checkpoints_to_keep: int | None = 2,
+        checkpoint_score_attribute: str | None = "val/map",
+        checkpoint_score_order: str = "max",
+        max_failures: int = 1,
+        find_unused_parameters: bool = True,
+        precision: str = "auto",
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        strategy: str = "auto",
+        **trainer_options: Any,
+    ) -> None:
+        if strategy != "auto":
+            raise ValueError(f"trainer.strategy={strategy!r}: with trainer=ray the strategy is Ray's DDP; leave it at auto "
+                             "(and set trainer.find_unused_parameters for models with unused parameters).")  # fmt: skip
+        if accelerator != "auto" or devices not in ("auto", 1):
+            raise ValueError(
+                f"trainer.accelerator={accelerator!r} trainer.devices={devices!r}: with trainer=ray each worker drives one "
+                "device; leave both at auto and set trainer.num_workers (and trainer.use_gpu=true for GPUs)."
+            )
+        if num_workers < 1:
+            raise ValueError(f"trainer.num_workers={num_workers}: at least 1 worker is needed.")
+        self.callbacks = list(callbacks or [])
+        self.logger = logger
+        self.num_workers = int(num_workers)
+        self.use_gpu = bool(use_gpu)
+        self.cpus_per_worker = cpus_per_worker
+        self.gpus_per_worker = gpus_per_worker
+        self.address = address
+        self.init = dict(init or {})
+        self.storage_path = storage_path
+        self.name = name
+        self.checkpoints_to_keep = checkpoints_to_keep
+        self.checkpoint_score_attribute = checkpoint_score_attribute
+        self.checkpoint_score_order = checkpoint_score_order
+        self.max_failures = max_failures
+        self.find_unused_parameters = find_unused_parameters
+        self.precision = precision
+        self.trainer_options = trainer_options
+
+    def fit(self, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None = None) -> FitResult:
+        """Trains on the Ray cluster; ``ckpt_path`` resumes from a Lightning checkpoint as locally."""
+        import ray
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        started_here = self._connect()
+        try:
+            resources = {"CPU": self.cpus_per_worker} | ({"GPU": self.gpus_per_worker} if self.use_gpu else {})
+            name = self.name or f"cvexp-{time.strftime('%Y-%m-%d_%H-%M-%S')}-{uuid.uuid4().hex[:6]}"
+            trainer = TorchTrainer(
+                _train_worker,
+                # Ray pickles this once for all workers (and again for each restart after a failure).
+                train_loop_config={
+                    "module": module,
+                    "datamodule": datamodule,
+                    "callbacks": self.callbacks,
+                    "logger": self._logger_for_workers(),
+                    "trainer_options": {"precision": self.precision, **self.trainer_options},
+                    "use_gpu": self.use_gpu,
+                    "cpus_per_worker": self.cpus_per_worker,
+                    "find_unused_parameters": self.find_unused_parameters,
+                    "ckpt_path": ckpt_path,
+                },
+                scaling_config=ScalingConfig(num_workers=self.num_workers, use_gpu=self.use_gpu, resources_per_worker=resources),
+                run_config=RunConfig(
+                    name=name,
+                    storage_path=self.storage_path,
+                    checkpoint_config=CheckpointConfig(
+                        num_to_keep=self.checkpoints_to_keep,
+                        checkpoint_score_attribute=self.checkpoint_score_attribute,
+                        checkpoint_score_order=self.checkpoint_score_order,
+                    ),
+                    failure_config=FailureConfig(max_failures=self.max_failures),
+                ),
+            )
+            result = trainer.fit()  # raises ray.train.TrainingFailedError once max_failures are spent
+            log.info("Ray Train run %s finished: %s", name, result.path)
+            best = None
+            if self.checkpoint_score_attribute:
+                best = result.get_best_checkpoint(self.checkpoint_score_attribute, self.checkpoint_score_order)
+            best = best or result.checkpoint
+            best_metrics = next((metrics for checkpoint, metrics in result.best_checkpoints or [] if checkpoint == best), {})
+            best_score = best_metrics.get(self.checkpoint_score_attribute) if self.checkpoint_score_attribute else None
+            return FitResult(
+                best_model_path=_local_checkpoint_file(best) if best is not None else None,
+                best_score=float(best_score) if best_score is not None else None,
+                monitor=self.checkpoint_score_attribute,
+                metrics={key: float(value) for key, value in (result.metrics or {}).items() if isinstance(value, int | float)},
+                trainer=None,
+            )
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def test(self, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None = None) -> dict[str, float]:
+        """Tests on the driver, in this process (one device), with the driver's logger and callbacks.
+
+        The driver's module was not trained (the workers were): without a checkpoint there is
+        nothing to test, and the result is empty.
+        """
+        if not ckpt_path:
+            log.warning("No checkpoint came back from the Ray workers (did validation run? see limit_val_batches and "
+                        "check_val_every_n_epoch): the test split is not evaluated.")  # fmt: skip
+            return {}
+        local = LocalEngine(callbacks=self.callbacks, logger=self.logger, precision=self.precision, devices=1, **self.trainer_options)
+        return local.test(module, datamodule, ckpt_path=ckpt_path)
+
+    def _connect(self) -> bool:
+        """Connects to (or starts) the Ray cluster; True when this call started it."""
+        import ray
+
+        if ray.is_initialized():
+            return False
+        # A bare ray.init() would join whatever local cluster an earlier process left running.
+        options = {"include_dashboard": False, **self.init}
+        ray.init(address=self.address or "local", **options)
+        return True
+
+    def _logger_for_workers(self) -> Any:
+        # Open the run on the driver first, so that every worker (and every restart) logs into it.
+        if self.logger and hasattr(self.logger, "run_id"):
+            _ = self.logger.run_id
+        return self.logger
+
+
+def _local_checkpoint_file(checkpoint: Any) -> str:
+    """The Lightning ``.ckpt`` inside a Ray checkpoint, downloaded first when the storage is remote."""
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return str(Path(checkpoint.path) / _CHECKPOINT_FILE)
+    directory = checkpoint.to_directory(tempfile.mkdtemp(prefix="cvexp-ray-checkpoint-"))
+    return str(Path(directory) / _CHECKPOINT_FILE)
+
+
+def _report_after_validation() -> L.Callback:
+    """A ``RayTrainReportCallback`` that reports (metrics + checkpoint) only after epochs that validated.
+
+    Ray ranks checkpoints by ``checkpoint_score_attribute``; a checkpoint from an epoch without
+    validation would carry a missing or stale score. Built inside the worker: the base class reads
+    the Ray Train context when constructed.
+
+    It is also a Lightning ``Checkpoint`` callback, which Lightning runs after the other callbacks,
+    after the configured ``ModelCheckpoint`` has saved: the state in Ray's checkpoint then knows the
+    files ``ModelCheckpoint`` wrote, and a restarted worker goes on updating them (``last.ckpt``, not
+    a new ``last-v1.ckpt``).
+    """
+    from lightning.pytorch.callbacks import Checkpoint
+    from ray.train.lightning import RayTrainReportCallback
+
+    class ReportAfterValidation(RayTrainReportCallback, Checkpoint):
+        def __init__(self) -> None:
+            super().__init__()
+            self.validated_epoch = -1
+
+        def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if not trainer.sanity_checking:
+                self.validated_epoch = trainer.current_epoch
+
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if self.validated_epoch == trainer.current_epoch:
+                super().on_train_epoch_end(trainer, pl_module)
+
+    return ReportAfterValidation()
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: a Lightning trainer with Ray's DDP strategy, resumed from Ray's latest checkpoint."""
+    import ray.train
+    import torch
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+
+    # Each worker computes with the CPUs it reserved: workers sharing a machine would otherwise each
+    # start a thread per core and oversubscribe it.
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    # The COCO metrics are already gathered from every rank before they are logged (DetectionModule),
+    # so Lightning's advice to sync them once more is noise, repeated per metric and per worker.
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+    options = dict(config["trainer_options"])
+    options["precision"] = resolve_precision(options["precision"])
+    trainer = L.Trainer(
+        accelerator="gpu" if config["use_gpu"] else "cpu",
+        devices="auto",
+        strategy=RayDDPStrategy(find_unused_parameters=config["find_unused_parameters"]),
+        plugins=[RayLightningEnvironment()],
+        callbacks=[*config["callbacks"], _report_after_validation()],
+        logger=config["logger"],
+        **options,
+    )
+    trainer = prepare_trainer(trainer)
+    checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the workers after a failure
+    if checkpoint is None:
+        trainer.fit(config["module"], datamodule=config["datamodule"], ckpt_path=config["ckpt_path"])
+        return
+    with checkpoint.as_directory() as directory:
+        trainer.fit(config["module"], datamodule=config["datamodule"], ckpt_path=str(Path(directory) / _CHECKPOINT_FILE))

@@ -1,0 +1,110 @@
+"""trainer=ray: DDP with Ray Train workers on a fresh local cluster (CPU, gloo), and recovery from a dead worker."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import cloudpickle
+import lightning as L
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from cvexp.training import run_training
+
+# The callbacks below travel to the Ray workers by value: workers need not import this test module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class RecordStarts(L.Callback):
+    """Appends ``rank world_size global_step`` to ``path`` each time a worker starts fitting."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with self.path.open("a") as file:
+            file.write(f"{trainer.global_rank} {trainer.world_size} {trainer.global_step}\n")
+
+    def starts(self) -> list[tuple[int, int, int]]:
+        return sorted(tuple(int(x) for x in line.split()) for line in self.path.read_text().splitlines())
+
+
+class KillRankOnce(L.Callback):
+    """Kills the worker process of ``rank`` after ``step`` optimizer steps, the first time only."""
+
+    def __init__(self, rank: int, step: int, marker: Path) -> None:
+        self.rank, self.step, self.marker = rank, step, marker
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step and not self.marker.exists():
+            import ray.train
+
+            # Ray registers a reported checkpoint when its controller next polls the workers; a worker
+            # dying within the same second as the report (smoke epochs are that short) would lose it.
+            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+            self.marker.touch()
+            os._exit(1)  # as a crashed or preempted worker: no clean-up, no exception
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_behind():
+    yield
+    import ray
+
+    assert not ray.is_initialized(), "RayEngine must stop the local cluster it started"
+
+
+def _only_run(cfg):
+    client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
+    return client, run
+
+
+def test_two_ray_workers_train_one_mlflow_run_with_local_metric_names(train_config, tmp_path: Path) -> None:
+    starts = RecordStarts(tmp_path / "starts.txt")
+    cfg = train_config(["trainer=ray", "trainer.num_workers=2", "debug=smoke"])
+    summary = run_training(cfg, extra_callbacks=[starts])
+
+    assert starts.starts() == [(0, 2, 0), (1, 2, 0)]  # two DDP ranks
+    best = Path(summary.best_model_path)
+    assert best.is_file() and best.is_relative_to(tmp_path / "outputs" / "ray")  # Ray Train's best checkpoint
+    assert summary.optimized_value is not None
+    assert {"map", "map_50", "ap/circle"} <= set(summary.val_metrics) and {"map", "map_50"} <= set(summary.test_metrics)
+
+    client, run = _only_run(cfg)  # one run: rank 0 logged into the driver's run
+    assert run.info.run_id == summary.mlflow_run_id and run.info.status == "FINISHED"
+    assert run.data.tags["trainer"] == "ray"
+    assert {"train/loss_step", "train/loss_epoch", "val/map", "val/map_50", "val/ap/circle", "test/map_50"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_step")] == list(range(6))  # not once per worker
+    assert any(item.path == "config.yaml" for item in client.list_artifacts(run.info.run_id))
+
+
+def test_a_killed_ray_worker_resumes_from_the_last_checkpoint(train_config, tmp_path: Path) -> None:
+    starts = RecordStarts(tmp_path / "starts.txt")
+    kill = KillRankOnce(rank=1, step=4, marker=tmp_path / "killed")  # in epoch 1, after epoch 0's checkpoint (step 3)
+    cfg = train_config(["trainer=ray", "trainer.num_workers=2", "trainer.max_failures=1", "debug=smoke", "trainer.max_epochs=3",
+                        "test_after_fit=false"])  # fmt: skip
+    summary = run_training(cfg, extra_callbacks=[starts, kill])
+
+    assert (tmp_path / "killed").exists()
+    # First attempt from step 0; the restarted workers from the checkpoint of epoch 0, not from scratch.
+    assert starts.starts() == [(0, 2, 0), (0, 2, 3), (1, 2, 0), (1, 2, 3)]
+    ray_checkpoints = [torch.load(path, weights_only=False) for path in (tmp_path / "outputs" / "ray").glob("*/*/checkpoint.ckpt")]
+    latest = max(ray_checkpoints, key=lambda state: state["global_step"])
+    assert latest["epoch"] == 2 and latest["global_step"] == 9  # three epochs of 3 steps, completed
+    assert Path(summary.best_model_path).is_file()
+    assert not list((tmp_path / "run" / "checkpoints").glob("last-v*.ckpt"))  # the restart went on with the same files
+    _, run = _only_run(cfg)  # the restarted workers logged into the same run
+    assert run.info.status == "FINISHED" and "val/map" in run.data.metrics
+
+
+@pytest.mark.parametrize("option", ["trainer.devices=2", "trainer.accelerator=gpu", "trainer.num_workers=0"])
+def test_ray_engine_names_the_field_to_fix(train_config, option: str) -> None:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    with pytest.raises(InstantiationException, match=option.split("=")[0]):
+        instantiate(train_config(["trainer=ray", option]).trainer)

@@ -1,0 +1,90 @@
+"""Ray Tune sweeps (`python -m cvexp.train -m sweeper=asha ...`): early stopping, MLflow grouping, the best config."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from cvexp.paths import CONFIG_DIR
+from cvexp.tuning import build_search_space, split_arguments, trial_overrides
+
+MAX_EPOCHS = 4
+
+
+def _raylets() -> int:
+    ps = subprocess.run(["ps", "-eo", "comm"], capture_output=True, text=True).stdout.split()
+    return sum(1 for name in ps if name == "raylet")
+
+
+@pytest.mark.slow
+def test_an_asha_sweep_stops_bad_trials_early_and_writes_the_best_config(tmp_path: Path, shared_data_dir: Path) -> None:
+    raylets_before = _raylets()
+    env = {**os.environ, "CVEXP_ROOT": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    # The learning rates that come first train; 1e-7 and 1e-6 barely move the loss, so ASHA stops
+    # them at the first rung. val/loss, not val/map: after a few steps every trial's mAP is 0.
+    command = [sys.executable, "-m", "cvexp.train", "-m", "sweeper=asha", f"paths.data_dir={shared_data_dir}", "debug=smoke",
+               f"trainer.max_epochs={MAX_EPOCHS}", "report=none", "test_after_fit=false",
+               "optimized_metric=val/loss", "callbacks.model_checkpoint.mode=min", "hydra.callbacks.sweep_summary.mode=min",
+               "hydra.sweeper.num_samples=1", "hydra.sweeper.scheduler.grace_period=1", "hydra.sweeper.init.num_cpus=2",
+               "++hydra.sweeper.search_space={optimizer.lr: {type: grid, values: [1e-3, 3e-4, 1e-7, 1e-6]}}"]  # fmt: skip
+    result = subprocess.run(command, cwd=CONFIG_DIR.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+    (sweep_dir,) = (tmp_path / "outputs" / "multiruns" / "train").iterdir()
+
+    from ray.tune import ExperimentAnalysis
+
+    epochs = {trial.config["optimizer.lr"]: trial.last_result["epoch"] for trial in ExperimentAnalysis(str(sweep_dir / "tune")).trials}
+    assert sorted(epochs) == [1e-7, 1e-6, 3e-4, 1e-3]
+    assert epochs[1e-3] == MAX_EPOCHS and epochs[1e-7] < MAX_EPOCHS  # the first trial is never stopped
+
+    with (sweep_dir / "sweep_results.csv").open() as file:
+        rows = {row["overrides"]: row for row in csv.DictReader(file)}
+    assert rows["optimizer.lr=0.001"]["rank"] == "1" and rows["optimizer.lr=0.001"]["status"] == "COMPLETED"
+    assert rows["optimizer.lr=1e-07"]["status"] == "STOPPED"
+    assert "ranked by val/loss" in result.stdout
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("cvexp-train").experiment_id], filter_string=f"tags.sweep = '{sweep_dir}'")
+    (parent,) = [run for run in runs if run.data.tags["sweep_role"] == "parent"]
+    jobs = {run.data.tags["sweep_job"]: run for run in runs if run.data.tags["sweep_role"] == "job"}
+    assert len(jobs) == 4 and {run.data.tags["mlflow.parentRunId"] for run in jobs.values()} == {parent.info.run_id}
+    statuses = {row["overrides"]: jobs[row["job"]].info.status for row in rows.values()}
+    assert statuses["optimizer.lr=0.001"] == "FINISHED" and statuses["optimizer.lr=1e-07"] == "KILLED"
+
+    best = sweep_dir / "best_experiment.yaml"
+    assert best.read_text().startswith("# @package _global_\n")
+    assert OmegaConf.load(best) == {"optimizer": {"lr": 0.001}}
+    presets = tmp_path / "presets" / "experiment"
+    presets.mkdir(parents=True)
+    shutil.copy(best, presets / "tuned.yaml")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra.searchpath=[file://{presets.parent}]", "+experiment=tuned"])
+    assert cfg.optimizer.lr == 0.001
+    GlobalHydra.instance().clear()
+
+    assert _raylets() <= raylets_before  # the sweep's local Ray cluster is gone
+
+
+def test_search_space_entries_and_command_line_sweeps_become_tune_domains() -> None:
+    fixed, space = split_arguments(["debug=smoke", "model=detr,yolos", "optimizer.lr=tag(log,interval(1e-4,1e-2))"])
+    assert fixed == ["debug=smoke"]
+    assert space == {"model": {"type": "choice", "values": ["detr", "yolos"]},
+                     "optimizer.lr": {"type": "loguniform", "lower": 1e-4, "upper": 1e-2}}  # fmt: skip
+    domains = build_search_space({**space, "model.config.d_model": {"type": "grid", "values": [32, 64]}})
+    assert domains["model"].categories == ["detr", "yolos"] and domains["model.config.d_model"] == {"grid_search": [32, 64]}
+    assert trial_overrides({"optimizer.lr": 1e-7, "model": "detr", "flag": True}) == ["optimizer.lr=1e-07", "model=detr", "flag=true"]
+    with pytest.raises(ValueError, match=r"search_space\.optimizer\.lr: type loguniform needs lower, upper; upper missing"):
+        build_search_space({"optimizer.lr": {"type": "loguniform", "lower": 1e-4}})
+    with pytest.raises(ValueError, match=r"search_space\.x: expected \{type: choice\|grid"):
+        build_search_space({"x": [1, 2]})
