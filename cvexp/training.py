@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from cvexp.data import DetectionCollator
+from cvexp.evaluation.evaluator import dataset_image_loader, report_options, write_report
 from cvexp.evaluation.report import metrics_table, print_table
 from cvexp.models.detection_module import DetectionModule
 from cvexp.tracking.mlflow import log_run_config, ui_command
@@ -126,7 +127,7 @@ def run_training(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = Non
         train_seconds=train_seconds,
         mlflow_run_id=getattr(logger, "run_id", None) if logger else None,
     )
-    report(summary, cfg, logger)
+    report(summary, cfg, logger, module, datamodule)
     return summary
 
 
@@ -135,8 +136,13 @@ def _stage_metrics(metrics: dict[str, float], stage: str) -> dict[str, float]:
     return {name[len(prefix):]: value for name, value in metrics.items() if name.startswith(prefix)}
 
 
-def report(summary: TrainingSummary, cfg: DictConfig, logger: Any) -> None:
-    """Prints the run's summary table, where its files are, and how to open MLflow."""
+def report(summary: TrainingSummary, cfg: DictConfig, logger: Any, module: DetectionModule | None = None,
+           datamodule: Any = None) -> None:  # fmt: skip
+    """Prints the run's summary table, where its files are, and how to open MLflow.
+
+    After a test, also writes the test split's evaluation report (plots and results json, see
+    :func:`cvexp.evaluation.evaluator.write_report`) to ``<run dir>/evaluation/test`` and the MLflow run.
+    """
     columns = {"val (last epoch)": summary.val_metrics}
     if summary.test_metrics:
         columns["test (best ckpt)"] = summary.test_metrics
@@ -147,6 +153,17 @@ def report(summary: TrainingSummary, cfg: DictConfig, logger: Any) -> None:
         f"best checkpoint: {summary.best_model_path or '-'}",
         f"run directory: {cfg.paths.output_dir}",
     ]
+    # Each process of a multi-process test holds only its share of the detections: the report
+    # then comes from `python -m cvexp.evaluate` on the best checkpoint instead.
+    single_process = module is not None and module._trainer is not None and module.trainer.world_size == 1
+    if summary.test_metrics and cfg.get("report") and single_process and module.test_predictions:
+        evaluation = write_report(module.test_predictions, module.adapter.label_map.categories,
+                                  Path(cfg.paths.output_dir) / "evaluation" / "test",
+                                  dataset_image_loader(datamodule.datasets["test"]), **report_options(cfg.report))  # fmt: skip
+        if logger and summary.mlflow_run_id:
+            for path in evaluation.files.values():
+                logger.experiment.log_artifact(summary.mlflow_run_id, str(path), artifact_path="evaluation/test")
+        lines.append(f"test report (plots, results json): {Path(cfg.paths.output_dir) / 'evaluation' / 'test'}")
     if logger and summary.mlflow_run_id:
         lines.append(f"MLflow run {summary.mlflow_run_id}; open the UI with:\n    {ui_command(logger)}")
     for line in lines:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from faster_coco_eval import COCO, COCOeval_faster
+from pycocotools.cocoeval import Params
 from torchmetrics import Metric
 
 from cvexp.adapters.base import Detections
@@ -47,21 +49,38 @@ def coco_ground_truth(targets: Sequence[DetectionTarget], categories: Sequence[C
     return {"images": images, "annotations": annotations, "categories": [{"id": c.id, "name": c.name} for c in categories]}
 
 
-def evaluate_coco(
+@dataclass
+class CocoEvaluation:
+    """The outcome of one COCO bbox evaluation.
+
+    Attributes:
+        metrics: the twelve summary numbers and ``ap/<class name>`` (see :func:`evaluate_coco`).
+        precision: COCOeval's precision array ``[IoU thresholds, recall points, categories, area
+            ranges, max detections]`` (-1 where undefined); ``None`` when there were no results.
+        category_ids: the category id of each index of the precision array's category axis.
+        iou_thresholds, recall_thresholds: the values of the first two axes.
+    """
+
+    metrics: dict[str, float]
+    precision: np.ndarray | None
+    category_ids: list[int]
+    iou_thresholds: np.ndarray
+    recall_thresholds: np.ndarray
+
+
+def run_coco_evaluation(
     ground_truth: dict[str, Any], results: list[dict[str, Any]] | np.ndarray, categories: Sequence[Category]
-) -> dict[str, float]:
-    """COCO bbox metrics of ``results`` against ``ground_truth``.
+) -> CocoEvaluation:
+    """COCO bbox evaluation of ``results`` against ``ground_truth``, keeping the precision array.
 
     ``results`` is a COCO results-json list, or an ``(N, 7)`` array of rows
     ``[image_id, x, y, w, h, score, category_id]`` (pycocotools' numpy form, much faster to load).
-
-    Returns the twelve COCO summary numbers (``map``, ``map_50`` ... ``mar_large``) and ``ap/<class
-    name>`` per category (-1 where the category has no ground truth, as pycocotools reports).
     """
     if len(results) == 0:
         metrics = {name: 0.0 for name in COCO_STAT_NAMES}
         metrics.update({f"ap/{c.name}": 0.0 for c in categories})
-        return metrics
+        defaults = Params(iouType="bbox")  # COCOeval's thresholds, for callers that plot them
+        return CocoEvaluation(metrics, None, [c.id for c in categories], defaults.iouThrs, defaults.recThrs)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(ground_truth)
         coco_dt = coco_gt.loadRes(results)
@@ -72,12 +91,25 @@ def evaluate_coco(
     metrics = {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats, strict=False)}
     # precision: [IoU thresholds, recall points, categories, area ranges, max detections]
     precision = np.asarray(evaluator.eval["precision"])
-    category_order = list(evaluator.params.catIds)
+    category_order = [int(c) for c in evaluator.params.catIds]
     for category in categories:
         per_class = precision[:, :, category_order.index(category.id), 0, -1]
         valid = per_class[per_class > -1]
         metrics[f"ap/{category.name}"] = float(valid.mean()) if valid.size else -1.0
-    return metrics
+    return CocoEvaluation(
+        metrics, precision, category_order, np.asarray(evaluator.params.iouThrs), np.asarray(evaluator.params.recThrs)
+    )
+
+
+def evaluate_coco(
+    ground_truth: dict[str, Any], results: list[dict[str, Any]] | np.ndarray, categories: Sequence[Category]
+) -> dict[str, float]:
+    """COCO bbox metrics of ``results`` against ``ground_truth`` (see :func:`run_coco_evaluation`).
+
+    Returns the twelve COCO summary numbers (``map``, ``map_50`` ... ``mar_large``) and ``ap/<class
+    name>`` per category (-1 where the category has no ground truth, as pycocotools reports).
+    """
+    return run_coco_evaluation(ground_truth, results, categories).metrics
 
 
 class CocoDetectionMetric(Metric):

@@ -38,11 +38,9 @@ def _format(value: float | None) -> str:
 
 def plot_training_curves(history: Mapping[str, list[tuple[int, float]]], path: Path) -> Path:
     """Plots loss and mAP per epoch to ``path`` (PNG)."""
-    import matplotlib
+    from cvexp.evaluation.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, (loss_axis, map_axis) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for name, points in history.items():
         if not points:

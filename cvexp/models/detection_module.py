@@ -10,7 +10,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from cvexp.adapters.base import OutputAdapter
+from cvexp.adapters.base import Detections, OutputAdapter
+from cvexp.data.coco import DetectionTarget
 from cvexp.evaluation.coco_metric import CocoDetectionMetric
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -56,6 +57,8 @@ class DetectionModule(L.LightningModule):
         categories = adapter.label_map.categories
         self.val_metric = CocoDetectionMetric(categories)
         self.test_metric = CocoDetectionMetric(categories)
+        # The last test run's detections and targets, for the evaluation report after training.
+        self.test_predictions: list[tuple[Detections, DetectionTarget]] = []
 
     def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict[str, Any]:
         # Only what the model reads moves; the original targets stay on the CPU, where the COCO
@@ -84,7 +87,10 @@ class DetectionModule(L.LightningModule):
     def _evaluation_step(self, batch: dict[str, Any], stage: str, metric: CocoDetectionMetric) -> None:
         outputs = self(batch)
         self.log(f"{stage}/loss", self.adapter.adapt_output(outputs).loss, batch_size=len(batch["targets"]), sync_dist=True)
-        metric.update(self.adapter.format_predictions(outputs, batch["targets"]), batch["targets"])
+        detections = self.adapter.format_predictions(outputs, batch["targets"])
+        metric.update(detections, batch["targets"])
+        if metric is self.test_metric:
+            self.test_predictions += zip(detections, batch["targets"], strict=True)
 
     def _log_metric(self, stage: str, metric: CocoDetectionMetric) -> None:
         values = metric.compute()
@@ -102,6 +108,9 @@ class DetectionModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric("val", self.val_metric)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_predictions = []
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluation_step(batch, "test", self.test_metric)

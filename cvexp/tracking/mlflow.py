@@ -1,7 +1,9 @@
-"""MLflow helpers: log a run's resolved config, and tell the user how to browse the store."""
+"""MLflow helpers: log a run's resolved config, log evaluation runs, and tell the user how to browse the store."""
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +29,61 @@ def flatten_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def log_run_config(logger: Any, cfg: DictConfig, output_dir: Path) -> None:
-    """Logs the flattened config as params and the resolved ``config.yaml`` as an artifact."""
+    """Logs the flattened config as params and the resolved ``config.yaml`` as an artifact.
+
+    In a job of a sweep, also tags the run with its sweep (see :func:`cvexp.sweeps.sweep_run_tags`).
+    """
     logger.log_hyperparams(flatten_config(cfg))
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "config.yaml"
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     logger.experiment.log_artifact(logger.run_id, str(path))
+    from cvexp.sweeps import sweep_run_tags  # a job of a sweep: group its run with the sweep's others
+
+    for name, value in sweep_run_tags(logger.experiment, logger.experiment_id).items():
+        logger.experiment.set_tag(logger.run_id, name, value)
 
 
 def ui_command(logger: Any) -> str:
     """The shell command that opens the MLflow UI on the logger's store."""
     return f"mlflow ui --backend-store-uri {logger._tracking_uri}"
+
+
+def mlflow_metric_name(name: str) -> str:
+    """``name`` with the characters MLflow rejects in metric names dropped (as Lightning's logger does)."""
+    return re.sub(r"[^a-zA-Z0-9_/. -]+", "", name)
+
+
+def log_evaluation_run(logger_cfg: DictConfig, run_name: str, params: dict[str, Any], metrics: dict[str, float],
+                       artifacts: dict[str, Path], artifact_dir: str = "evaluation") -> str:  # fmt: skip
+    """Logs one finished run to the store of ``logger_cfg`` (conf/logger/mlflow.yaml) and returns its id.
+
+    ``artifacts`` go under ``artifact_dir`` in the run, except the one of kind ``config`` (at its root).
+
+    Only the store's keys are read (``tracking_uri``, ``experiment_name``, ``artifact_location``):
+    the experiment is created as Lightning's ``MLFlowLogger`` would create it.
+    """
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    for key in ("tracking_uri", "experiment_name"):
+        if not logger_cfg.get(key):
+            raise ValueError(f"logger.{key} is not set: evaluation logs to MLflow (logger=mlflow); use logger=none to skip logging.")
+    client = MlflowClient(tracking_uri=logger_cfg.tracking_uri)
+    experiment = client.get_experiment_by_name(logger_cfg.experiment_name)
+    if experiment is None:
+        experiment_id = client.create_experiment(logger_cfg.experiment_name, artifact_location=logger_cfg.get("artifact_location"))
+    else:
+        experiment_id = experiment.experiment_id
+    run = client.create_run(experiment_id, run_name=run_name)
+    run_id = run.info.run_id
+    timestamp = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(mlflow_metric_name(name), float(value), timestamp, 0) for name, value in metrics.items()],
+        params=[Param(name, str(value)) for name, value in params.items()],
+    )
+    for kind, path in artifacts.items():
+        client.log_artifact(run_id, str(path), artifact_path=None if kind == "config" else artifact_dir)
+    client.set_terminated(run_id)
+    return run_id

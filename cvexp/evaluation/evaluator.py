@@ -1,0 +1,226 @@
+"""Evaluation of a trained detector: inference over a split, COCO metrics, plots and results json.
+
+:func:`run_evaluation` is the job behind ``python -m cvexp.evaluate``; :func:`write_report` is
+also what ``cvexp.train`` calls on its test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pycocotools import mask as coco_mask
+from torch.utils.data import DataLoader
+
+from cvexp.adapters.base import Detections, OutputAdapter
+from cvexp.data.coco import Category, CocoDetectionDataset, DatasetError, DetectionTarget
+from cvexp.data.collate import DetectionCollator
+from cvexp.evaluation.coco_metric import CocoEvaluation, coco_ground_truth, run_coco_evaluation
+from cvexp.evaluation.plots import plot_confusion_matrix, plot_pr_curves, plot_samples
+from cvexp.evaluation.report import metrics_table, print_table
+
+log = logging.getLogger(__name__)
+
+Prediction = tuple[Detections, DetectionTarget]
+
+
+def run_inference(model: Any, adapter: OutputAdapter, loader: Iterable[dict[str, Any]], device: torch.device,
+                  description: str = "predicting", progress: bool = True) -> list[Prediction]:  # fmt: skip
+    """Runs ``model`` over every batch of ``loader`` (with a progress bar unless ``progress`` is false,
+    as in a model server); detections come unthresholded."""
+    from rich.progress import track
+
+    model.eval()
+    predictions: list[Prediction] = []
+    total = len(loader) if hasattr(loader, "__len__") else None
+    batches = track(loader, description=description, total=total, transient=True) if progress else loader
+    with torch.inference_mode():
+        for batch in batches:
+            inputs = {"pixel_values": batch["pixel_values"].to(device), "pixel_mask": batch["pixel_mask"].to(device)}
+            outputs = model(**adapter.model_inputs(inputs, with_labels=False))
+            predictions += zip(adapter.format_predictions(outputs, batch["targets"]), batch["targets"], strict=True)
+    return predictions
+
+
+def coco_results(detections: Iterable[Detections], file_names: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """Rows of a COCO results json (the dataset's category ids, absolute ``xywh``), every detection.
+
+    ``file_names`` (image id -> file name) adds a ``file_name`` field to each row; pycocotools'
+    ``loadRes`` ignores it.
+    """
+    rows = []
+    for detection in detections:
+        extra = {"file_name": file_names[detection.image_id]} if file_names else {}
+        rows += [{**row, **extra} for row in detection.to_coco_results()]
+    return rows
+
+
+def confusion_matrix(predictions: Sequence[Prediction], categories: Sequence[Category],
+                     iou_threshold: float = 0.5, score_threshold: float = 0.25) -> np.ndarray:  # fmt: skip
+    """``(K+1, K+1)`` counts: rows are ground-truth classes, columns predicted classes; index K is background.
+
+    Per image, detections scoring at least ``score_threshold`` are taken best first; each is matched
+    to the unmatched ground-truth box (any class) it overlaps most, if that IoU reaches
+    ``iou_threshold``. An unmatched detection counts in the background row (a false positive), an
+    unmatched box in the background column (a miss). Crowd boxes are left out, as COCO ignores them.
+    """
+    index = {category.id: i for i, category in enumerate(categories)}
+    background = len(categories)
+    matrix = np.zeros((background + 1, background + 1), dtype=np.int64)
+    for detection, target in predictions:
+        keep = detection.scores >= score_threshold
+        order = torch.argsort(detection.scores[keep], descending=True)
+        boxes = detection.boxes[keep][order].double().numpy()
+        predicted = [index[int(c)] for c in detection.category_ids[keep][order]]
+        not_crowd = target.iscrowd == 0
+        truth_boxes = target.boxes[not_crowd].double().numpy()
+        truth = [index.get(int(c), background) for c in target.category_ids[not_crowd]]
+        matched = np.zeros(len(truth), dtype=bool)
+        ious = np.zeros((len(boxes), len(truth_boxes)))
+        if len(boxes) and len(truth_boxes):
+            ious = coco_mask.iou(boxes, truth_boxes, [0] * len(truth_boxes))
+        for row, label in enumerate(predicted):
+            candidates = np.flatnonzero(~matched)
+            best = candidates[np.argmax(ious[row, candidates])] if len(candidates) else None
+            if best is not None and ious[row, best] >= iou_threshold:
+                matched[best] = True
+                matrix[truth[best], label] += 1
+            else:
+                matrix[background, label] += 1
+        for truth_label in np.asarray(truth, dtype=np.int64)[~matched]:
+            matrix[truth_label, background] += 1
+    return matrix
+
+
+@dataclass
+class EvaluationReport:
+    """What :func:`write_report` produced: the metrics and the files it wrote, by kind."""
+
+    metrics: dict[str, float]
+    files: dict[str, Path] = field(default_factory=dict)
+    num_images: int = 0
+    num_detections: int = 0
+
+
+def write_report(
+    predictions: Sequence[Prediction],
+    categories: Sequence[Category],
+    output_dir: Path,
+    load_image: Callable[[int], np.ndarray],
+    score_threshold: float = 0.25,
+    iou_threshold: float = 0.5,
+    render_score_threshold: float = 0.5,
+    num_samples: int = 8,
+) -> EvaluationReport:
+    """Computes COCO metrics and writes the report files to ``output_dir``.
+
+    Files: ``coco_results.json`` (every detection, the dataset's category ids), ``metrics.json``,
+    ``pr_curves.png``, ``confusion_matrix.png`` and ``samples.png`` (the first ``num_samples``
+    images, loaded with ``load_image(image_id)``).
+
+    The metrics are computed from the rows of the results json exactly as written (rounded), so
+    that pycocotools run on that file gives the same numbers.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results = coco_results(detection for detection, _ in predictions)
+    ground_truth = coco_ground_truth([target for _, target in predictions], categories)
+    evaluation: CocoEvaluation = run_coco_evaluation(ground_truth, results, categories)
+    files = {"results": output_dir / "coco_results.json", "metrics": output_dir / "metrics.json"}
+    files["results"].write_text(json.dumps(results))
+    files["metrics"].write_text(json.dumps(evaluation.metrics, indent=2))
+    files["pr_curves"] = plot_pr_curves(evaluation, categories, output_dir / "pr_curves.png", iou=iou_threshold)
+    matrix = confusion_matrix(predictions, categories, iou_threshold, score_threshold)
+    files["confusion_matrix"] = plot_confusion_matrix(
+        matrix, [c.name for c in categories], output_dir / "confusion_matrix.png",
+        title=f"Confusion matrix (IoU ≥ {iou_threshold:g}, score ≥ {score_threshold:g})",
+    )  # fmt: skip
+    if num_samples > 0 and predictions:
+        samples = [(load_image(target.image_id), detection, target) for detection, target in predictions[:num_samples]]
+        files["samples"] = plot_samples(samples, categories, render_score_threshold, output_dir / "samples.png")
+    return EvaluationReport(evaluation.metrics, files, num_images=len(predictions), num_detections=len(results))
+
+
+def dataset_image_loader(dataset: CocoDetectionDataset) -> Callable[[int], np.ndarray]:
+    """``image_id -> image`` for a dataset (its own transform, if any, applies)."""
+    position = {image_id: index for index, image_id in enumerate(dataset.image_ids)}
+    return lambda image_id: dataset[position[image_id]].image
+
+
+def report_options(cfg: DictConfig | None) -> dict[str, Any]:
+    """The keyword arguments of :func:`write_report` from a ``report`` config node (conf/report/)."""
+    keys = ("score_threshold", "iou_threshold", "render_score_threshold", "num_samples")
+    return {key: cfg[key] for key in keys if cfg is not None and key in cfg}
+
+
+def evaluation_split(data_cfg: DictConfig, split: str, categories: Sequence[Category]) -> CocoDetectionDataset:
+    """The dataset of one split of a data config, checked against the model's categories.
+
+    Only that split is read (a DataModule would read the training split too, for its label map).
+    """
+    datamodule = instantiate(data_cfg)
+    datamodule.prepare_data()  # e.g. writes the synthetic dataset when it is not there yet
+    if split not in datamodule.splits:
+        raise DatasetError(f"split={split}: the data config has no '{split}' split; pick one of {sorted(datamodule.splits)}.")
+    dataset = CocoDetectionDataset(datamodule.splits[split], on_invalid=datamodule.on_invalid)
+    unknown = {c.id for c in dataset.label_map.categories} - {c.id for c in categories}
+    if unknown:
+        raise DatasetError(f"{dataset.annotation_path}: category ids {sorted(unknown)} are not among the model's classes "
+                           f"{[(c.id, c.name) for c in categories]}; evaluate on data labelled like the training data.")  # fmt: skip
+    return dataset
+
+
+@dataclass
+class EvaluationSummary:
+    """What an evaluation run produced."""
+
+    split: str
+    metrics: dict[str, float]
+    files: dict[str, Path]
+    mlflow_run_id: str | None = None
+
+
+def run_evaluation(cfg: DictConfig) -> EvaluationSummary:
+    """The ``cvexp.evaluate`` job: rebuild the model from ``cfg.ckpt_path``, evaluate ``cfg.split``, report.
+
+    The data config stored in the checkpoint is used unless ``cfg.data`` is set.
+    """
+    from cvexp.evaluation.checkpoint import load_trained_detector
+    from cvexp.tracking.mlflow import log_evaluation_run
+
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    detector = load_trained_detector(cfg.ckpt_path, device=cfg.get("device", "auto"))
+    categories = detector.label_map.categories
+    data_cfg = cfg.data if cfg.get("data") else detector.config.data
+    dataset = evaluation_split(data_cfg, cfg.split, categories)
+    loader = DataLoader(
+        dataset, batch_size=int(cfg.get("batch_size") or data_cfg.get("batch_size") or 8), shuffle=False,
+        num_workers=int(data_cfg.get("num_workers") or 0),
+        collate_fn=DetectionCollator(detector.image_processor, detector.adapter, image_size=detector.image_size),
+    )  # fmt: skip
+    predictions = run_inference(detector.model, detector.adapter, loader, detector.device, description=f"evaluating {cfg.split}")
+    output_dir = Path(cfg.paths.output_dir)
+    report = write_report(predictions, categories, output_dir, dataset_image_loader(dataset), **report_options(cfg.get("report")))
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    report.files["config"] = output_dir / "config.yaml"
+
+    print(f"{cfg.ckpt_path}: {report.num_images} images of the {cfg.split} split, {report.num_detections} detections")
+    print_table(metrics_table(f"cvexp.evaluate: {cfg.split}", {cfg.split: report.metrics}))
+    run_id = None
+    if cfg.get("logger"):
+        params = {"ckpt_path": str(cfg.ckpt_path), "split": cfg.split, "data.root": str(data_cfg.get("root")),
+                  "model.model_class": detector.config.model.get("model_class"), "num_images": report.num_images}  # fmt: skip
+        run_id = log_evaluation_run(cfg.logger, f"{Path(cfg.ckpt_path).stem}-{cfg.split}", params,
+                                    {f"{cfg.split}/{name}": value for name, value in report.metrics.items()}, report.files)  # fmt: skip
+    print(f"report written to {output_dir}")
+    if run_id:
+        print(f"MLflow run {run_id} (experiment {cfg.logger.experiment_name})")
+    return EvaluationSummary(cfg.split, report.metrics, report.files, run_id)

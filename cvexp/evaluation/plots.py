@@ -1,0 +1,161 @@
+"""Evaluation plots: per-class PR curves, the confusion matrix, and images with their boxes.
+
+matplotlib with the Agg backend: plots are written to files, never shown, and need no display.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvexp.adapters.base import Detections
+from cvexp.data.coco import Category, DetectionTarget
+from cvexp.evaluation.coco_metric import CocoEvaluation
+
+GROUND_TRUTH_COLOR = "#00c853"
+# Long legends and axis labels (80 COCO classes) get smaller type so that they still fit.
+_MANY_CLASSES = 20
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (imported late: matplotlib costs ~0.5 s to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    pyplot().close(figure)
+    return path
+
+
+def plot_pr_curves(evaluation: CocoEvaluation, categories: Sequence[Category], path: Path, iou: float = 0.5) -> Path:
+    """Precision against recall at IoU ``iou`` per class (all areas, 100 detections), from COCOeval's precision array."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(8, 5.5), constrained_layout=True)
+    recall = evaluation.recall_thresholds
+    if evaluation.precision is None:
+        axis.text(0.5, 0.5, "no detections", ha="center", va="center", transform=axis.transAxes)
+    else:
+        iou_index = int(np.argmin(np.abs(evaluation.iou_thresholds - iou)))
+        curves = []
+        for category in categories:
+            precision = evaluation.precision[iou_index, :, evaluation.category_ids.index(category.id), 0, -1]
+            if (precision < 0).all():  # no ground truth of this class: COCOeval leaves it undefined
+                axis.plot([], [], linestyle="none", label=f"{category.name} (no ground truth)")
+                continue
+            curves.append(precision)
+            axis.plot(recall, precision, linewidth=1.5, label=f"{category.name}  AP{iou * 100:.0f} {precision.mean():.3f}")
+        if curves:
+            mean = np.mean(curves, axis=0)
+            axis.plot(recall, mean, color="black", linewidth=3, label=f"all classes  mAP{iou * 100:.0f} {mean.mean():.3f}")
+    axis.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"Precision-recall per class, IoU {iou:.2f}")
+    axis.grid(alpha=0.3)
+    if axis.get_legend_handles_labels()[0]:
+        small = len(categories) > _MANY_CLASSES
+        axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="x-small" if small else "medium",
+                    ncol=1 + len(categories) // 40, frameon=False)  # fmt: skip
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "Confusion matrix") -> Path:
+    """Counts with ground truth down and predictions across; the last row and column are background."""
+    plt = pyplot()
+    names = [*class_names, "background"]
+    size = max(5.0, 0.45 * len(names) + 2.5)
+    figure, axis = plt.subplots(figsize=(size + 1, size), constrained_layout=True)
+    image = axis.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="count")
+    ticks = np.arange(len(names))
+    fontsize = "x-small" if len(names) > _MANY_CLASSES else "medium"
+    axis.set_xticks(ticks, names, rotation=45, ha="right", fontsize=fontsize)
+    axis.set_yticks(ticks, names, fontsize=fontsize)
+    axis.set(xlabel="predicted", ylabel="ground truth", title=title)
+    if len(names) <= 2 * _MANY_CLASSES:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for row, column in np.ndindex(matrix.shape):
+            axis.text(column, row, str(int(matrix[row, column])), ha="center", va="center", fontsize=fontsize,
+                      color="white" if matrix[row, column] > threshold else "black")  # fmt: skip
+    return _save(figure, path)
+
+
+def draw_boxes(
+    axis: Any,
+    image: np.ndarray,
+    detections: Detections | None,
+    names: Mapping[int, str],
+    score_threshold: float,
+    target: DetectionTarget | None = None,
+) -> None:
+    """Shows ``image`` on ``axis`` with ground truth (dashed green) and detections scoring at least ``score_threshold``."""
+    from matplotlib.patches import Rectangle
+
+    plt = pyplot()
+    colors = plt.get_cmap("tab10")
+    ids = sorted(names)
+    axis.imshow(image)
+    axis.set_axis_off()
+    if target is not None:
+        for x, y, w, h in target.boxes.tolist():
+            axis.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=GROUND_TRUTH_COLOR, linewidth=1.2, linestyle="--"))
+    if detections is None:
+        return
+    keep = detections.scores >= score_threshold
+    for (x, y, w, h), score, category_id in zip(
+        detections.boxes[keep].tolist(), detections.scores[keep].tolist(), detections.category_ids[keep].tolist(), strict=True
+    ):
+        color = colors(ids.index(category_id) % 10) if category_id in names else "red"
+        axis.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=color, linewidth=1.5))
+        axis.text(x, y, f"{names.get(category_id, category_id)} {score:.2f}", color="white", fontsize=7, va="bottom",
+                  bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"})  # fmt: skip
+
+
+def plot_samples(
+    samples: Sequence[tuple[np.ndarray, Detections, DetectionTarget]],
+    categories: Sequence[Category],
+    score_threshold: float,
+    path: Path,
+    columns: int = 4,
+) -> Path:
+    """A grid of images, each with its ground truth and the detections scoring at least ``score_threshold``."""
+    from matplotlib.lines import Line2D
+
+    plt = pyplot()
+    names = {c.id: c.name for c in categories}
+    columns = max(1, min(columns, len(samples)))
+    rows = max(1, math.ceil(len(samples) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.6 * rows + 0.6), squeeze=False, constrained_layout=True)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    for axis, (image, detections, target) in zip(axes.flat, samples, strict=False):
+        draw_boxes(axis, image, detections, names, score_threshold, target)
+        shown = int((detections.scores >= score_threshold).sum())
+        name = target.file_name or str(target.image_id)
+        name = name if len(name) <= 45 else "…" + name[-44:]  # a long export name would overlap the next title
+        axis.set_title(f"{name}\n{len(target.boxes)} true, {shown} predicted", fontsize=8)
+    legend = [
+        Line2D([], [], color=GROUND_TRUTH_COLOR, linestyle="--", label="ground truth"),
+        Line2D([], [], color="black", label=f"prediction (score ≥ {score_threshold:g}, colour = class)"),
+    ]
+    figure.legend(handles=legend, loc="outside lower center", ncol=2, frameon=False)
+    return _save(figure, path)
+
+
+def render_detections(image: np.ndarray, detections: Detections, names: Mapping[int, str], score_threshold: float, path: Path) -> Path:
+    """Writes one image with its detections scoring at least ``score_threshold`` drawn on it."""
+    plt = pyplot()
+    height, width = image.shape[:2]
+    scale = 6.0 / max(height, width)  # a 6-inch longer side, whatever the image size
+    figure = plt.figure(figsize=(width * scale, height * scale))
+    axis = figure.add_axes((0, 0, 1, 1))
+    draw_boxes(axis, image, detections, names, score_threshold)
+    return _save(figure, path)

@@ -1,0 +1,140 @@
+"""Prediction: a trained detector over a folder, a glob or a COCO split -> a COCO results json.
+
+:func:`run_prediction` is the job behind ``python -m cvexp.predict``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from cvexp.data.coco import DetectionSample, DetectionTarget, load_coco, load_rgb_image
+from cvexp.data.collate import DetectionCollator
+from cvexp.evaluation.evaluator import coco_results, run_inference
+from cvexp.evaluation.plots import render_detections
+
+COCO_SPLIT_ANNOTATIONS = "_annotations.coco.json"
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image to predict on: its id in the results json, where it is, and the name the json gives it."""
+
+    image_id: int
+    path: Path
+    file_name: str
+
+
+def image_suffixes() -> set[str]:
+    """File extensions that Pillow can open."""
+    return {suffix for suffix, image_format in Image.registered_extensions().items() if image_format in Image.OPEN}
+
+
+def resolve_inputs(inputs: str, annotation_file: str | None = None) -> list[ImageInput]:
+    """The images that ``inputs`` names, with stable ids.
+
+    - a COCO split (a folder with ``_annotations.coco.json``, or ``annotation_file``): its images
+      and image ids, so that the results evaluate against its ground truth;
+    - a folder: its image files, sorted by name, numbered from 1;
+    - otherwise a glob pattern (``**`` recurses): the matching image files, sorted, numbered from 1.
+    """
+    root = Path(inputs)
+    annotations = Path(annotation_file) if annotation_file else root / COCO_SPLIT_ANNOTATIONS
+    if annotations.is_file():
+        coco = load_coco(annotations)
+        images = [ImageInput(int(info["id"]), root / info["file_name"], info["file_name"]) for _, info in sorted(coco.imgs.items())]
+        missing = [image.file_name for image in images if not image.path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{annotations}: {len(missing)} listed images are not in {root} (first: '{missing[0]}'). "
+                                    "Point inputs= at the folder that holds the split's images.")  # fmt: skip
+        return images
+    suffixes = image_suffixes()
+    if root.is_dir():
+        paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        names = [p.name for p in paths]
+    else:
+        paths = sorted(Path(p) for p in glob.glob(inputs, recursive=True) if Path(p).suffix.lower() in suffixes)
+        names = [str(p) for p in paths]
+    if not paths:
+        raise FileNotFoundError(f"inputs={inputs}: no images found. Pass a folder of images, a glob such as "
+                                "'images/**/*.jpg' (quoted), or a COCO split's images folder.")  # fmt: skip
+    return [ImageInput(index, path, name) for index, (path, name) in enumerate(zip(paths, names, strict=True), start=1)]
+
+
+class ImageFilesDataset(Dataset):
+    """Images without annotations, as :class:`DetectionSample` with empty targets (for the collator)."""
+
+    def __init__(self, images: list[ImageInput]) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> DetectionSample:
+        item = self.images[index]
+        return unlabelled_sample(load_rgb_image(item.path), item.image_id, item.file_name)
+
+
+def unlabelled_sample(image: np.ndarray, image_id: int, file_name: str = "") -> DetectionSample:
+    """An HWC uint8 image with an empty target, which :class:`DetectionCollator` batches like a dataset sample."""
+    target = DetectionTarget(
+        image_id=image_id, boxes=torch.zeros(0, 4), category_ids=torch.zeros(0, dtype=torch.int64),
+        iscrowd=torch.zeros(0, dtype=torch.int64), area=torch.zeros(0), size=(int(image.shape[0]), int(image.shape[1])),
+        file_name=file_name,
+    )  # fmt: skip
+    return DetectionSample(image=image, target=target)
+
+
+@dataclass
+class PredictionSummary:
+    """What a prediction run wrote."""
+
+    results_path: Path
+    images_path: Path
+    num_images: int
+    num_detections: int
+    rendered: list[Path] = field(default_factory=list)
+
+
+def run_prediction(cfg: DictConfig) -> PredictionSummary:
+    """The ``cvexp.predict`` job: every detection of every input image, to ``predictions.json`` in the run directory.
+
+    Also writes ``images.json`` (``id``, ``file_name``, ``height``, ``width`` of each image, a COCO
+    ``images`` list) and, with ``render=true``, ``rendered/<id>_<name>.png``.
+    """
+    from cvexp.evaluation.checkpoint import load_trained_detector
+
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    detector = load_trained_detector(cfg.ckpt_path, device=cfg.get("device", "auto"))
+    dataset = ImageFilesDataset(resolve_inputs(str(cfg.inputs), cfg.get("annotation_file")))
+    loader = DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=int(cfg.get("num_workers") or 0),
+                        collate_fn=DetectionCollator(detector.image_processor, detector.adapter, image_size=detector.image_size))  # fmt: skip
+    predictions = run_inference(detector.model, detector.adapter, loader, detector.device)
+
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    file_names = {image.image_id: image.file_name for image in dataset.images}
+    results = coco_results((detection for detection, _ in predictions), file_names)
+    summary = PredictionSummary(output_dir / "predictions.json", output_dir / "images.json", len(dataset), len(results))
+    summary.results_path.write_text(json.dumps(results))
+    summary.images_path.write_text(json.dumps(
+        [{"id": t.image_id, "file_name": t.file_name, "height": t.size[0], "width": t.size[1]} for _, t in predictions]
+    ))  # fmt: skip
+    if cfg.get("render"):
+        names = {c.id: c.name for c in detector.label_map.categories}
+        for index, (detection, target) in enumerate(predictions):
+            path = output_dir / "rendered" / f"{target.image_id}_{Path(target.file_name).stem}.png"
+            summary.rendered.append(render_detections(dataset[index].image, detection, names, float(cfg.render_score_threshold), path))
+    print(f"{summary.num_detections} detections on {summary.num_images} images -> {summary.results_path}")
+    if summary.rendered:
+        print(f"rendered images (score >= {cfg.render_score_threshold}) in {output_dir / 'rendered'}")
+    return summary
