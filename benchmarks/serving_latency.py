@@ -1,0 +1,105 @@
+"""Serving latency: ``mlflow models serve`` over HTTP against the same pyfunc model in-process.
+
+Exports a checkpoint (default: the newest ``outputs/runs/train/*/checkpoints/last.ckpt``) as the
+pyfunc model ``cvexp.register`` logs (saved to a temporary folder, no registry), serves it on
+127.0.0.1 with ``--env-manager local``, and times requests of 1 and of 8 base64 images of the
+shapes test split: over HTTP (JSON encoding, the scoring server, the model) and in-process
+(``PyFuncModel.predict`` on the same DataFrame). A bounded number of requests after a few warm-up
+ones. Writes its table into docs/benchmarks.md (section ``serving-latency``).
+
+    python benchmarks/serving_latency.py [--ckpt PATH] [--requests 40] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from benchmarks.report import replace_section  # noqa: E402
+from cvexp.deployment.detector import export_huggingface  # noqa: E402
+from cvexp.deployment.pyfunc import EXPORT_ARTIFACT, IMAGE_COLUMN, encode_image_file, pyfunc_model_arguments  # noqa: E402
+from cvexp.deployment.serving import mlflow_model_server  # noqa: E402
+from cvexp.evaluation.checkpoint import load_trained_detector  # noqa: E402
+
+WARMUP = 3
+
+
+def newest_checkpoint() -> Path:
+    found = sorted((REPO / "outputs" / "runs" / "train").glob("*/checkpoints/last.ckpt"))
+    if not found:
+        raise SystemExit("no checkpoint under outputs/runs/train/: run `python -m cvexp.train debug=smoke` or pass --ckpt PATH.")
+    return found[-1]
+
+
+def percentiles(seconds: list[float], images: int) -> tuple[float, float, float]:
+    """p50 and p95 of a request, and p50 per image, in milliseconds."""
+    ms = np.asarray(seconds) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 50)) / images
+
+
+def timed(call, count: int) -> list[float]:
+    for _ in range(WARMUP):
+        call()
+    durations = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - start)
+    return durations
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", type=Path, default=None, help="a cvexp.train checkpoint (default: the newest last.ckpt)")
+    parser.add_argument("--images", type=Path, default=REPO / "outputs" / "datasets" / "shapes" / "test", help="a folder of images")
+    parser.add_argument("--requests", type=int, default=40, help="timed requests per row (after 3 warm-up ones)")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args()
+
+    import mlflow.pyfunc
+
+    ckpt = args.ckpt or newest_checkpoint()
+    paths = sorted(args.images.glob("*.png"))[:8]
+    if len(paths) < 8:
+        raise SystemExit(f"--images {args.images}: fewer than 8 PNG images (the shapes data is written by the first cvexp.train run).")
+    detector = load_trained_detector(ckpt, device="cpu")
+    encoded = [encode_image_file(p) for p in paths]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        export_dir = export_huggingface(detector, Path(tmp) / EXPORT_ARTIFACT)
+        model_dir = Path(tmp) / "model"
+        mlflow.pyfunc.save_model(str(model_dir), **pyfunc_model_arguments(detector, export_dir, paths[0], 0.5))
+        in_process = mlflow.pyfunc.load_model(str(model_dir))
+        with mlflow_model_server(str(model_dir)) as url, requests.Session() as session:
+            for batch in (1, 8):
+                frame = pd.DataFrame({IMAGE_COLUMN: encoded[:batch]})
+                payload = {"dataframe_split": {"columns": [IMAGE_COLUMN], "data": [[e] for e in encoded[:batch]]}}
+
+                def over_http(payload: dict = payload) -> None:
+                    response = session.post(f"{url}/invocations", json=payload, timeout=60)
+                    response.raise_for_status()
+
+                rows.append(("HTTP (mlflow models serve)", batch, *percentiles(timed(over_http, args.requests), batch)))
+                rows.append(("in-process (PyFuncModel.predict)", batch, *percentiles(timed(lambda f=frame: in_process.predict(f), args.requests), batch)))
+
+    lines = [f"Checkpoint: `{ckpt.relative_to(REPO) if ckpt.is_relative_to(REPO) else ckpt}` ({detector.config.model.model_class.split('.')[-1]}, "
+             f"{detector.image_size}-pixel images), {args.requests} timed requests per row after {WARMUP} warm-up ones; "
+             "the server runs one uvicorn worker on the same machine.", "",
+             "| path | images per request | p50 ms per request | p95 ms per request | p50 ms per image |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [f"| {name} | {batch} | {p50:.1f} | {p95:.1f} | {per_image:.1f} |" for name, batch, p50, p95, per_image in rows]
+    print("\n".join(lines))
+    if not args.no_write:
+        replace_section(REPO / "docs" / "benchmarks.md", "serving-latency", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Deployment: the Hugging Face export, the MLflow pyfunc model, registration with aliases."""
