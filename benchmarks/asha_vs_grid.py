@@ -32,8 +32,8 @@ def run_sweep(root: Path, data_dir: Path, scheduler: str, args: argparse.Namespa
     """One sweep in a subprocess; returns (wall seconds, the best row of its ranking, trials stopped early)."""
     values = ", ".join(str(lr) for lr in args.lrs)
     command = [sys.executable, "-m", "cvexp.train", "-m", "sweeper=asha", f"paths.data_dir={data_dir}",
-               f"trainer.max_epochs={args.epochs}", "trainer.check_val_every_n_epoch=1", f"trainer.limit_train_batches={args.train_batches}",
-               "trainer.limit_val_batches=4", "trainer.num_sanity_val_steps=0", "scheduler.num_warmup_steps=5",
+               f"trainer.max_epochs={args.epochs}", "trainer.check_val_every_n_epoch=1", f"+trainer.limit_train_batches={args.train_batches}",
+               "+trainer.limit_val_batches=4", "trainer.num_sanity_val_steps=0", "scheduler.num_warmup_steps=5",
                "report=none", "test_after_fit=false", "optimized_metric=val/loss", "callbacks.model_checkpoint.mode=min",
                "hydra.callbacks.sweep_summary.mode=min", "hydra.sweeper.num_samples=1", "hydra.sweeper.scheduler.grace_period=1",
                f"hydra.sweeper.scheduler.type={scheduler}", f"hydra.sweeper.max_concurrent_trials={args.concurrency}",
