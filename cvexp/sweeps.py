@@ -214,9 +214,8 @@ def mlflow_store(config: DictConfig) -> tuple[Any, str] | None:
         return None
     from mlflow.tracking import MlflowClient
 
+    from cvexp.tracking.mlflow import experiment_id
+
     client = MlflowClient(tracking_uri=str(logger_cfg.tracking_uri))
-    experiment = client.get_experiment_by_name(str(logger_cfg.experiment_name))
-    if experiment is not None:
-        return client, experiment.experiment_id
     # Created as Lightning's MLFlowLogger would create it, so that the jobs' runs land in it too.
-    return client, client.create_experiment(str(logger_cfg.experiment_name), artifact_location=logger_cfg.get("artifact_location"))
+    return client, experiment_id(client, str(logger_cfg.experiment_name), logger_cfg.get("artifact_location"))

@@ -212,3 +212,23 @@ def test_monitor_flags_darkened_and_rescaled_images_only(trained, tmp_path: Path
     assert cli_report["drift"] and "brightness" in cli_report["drifted"]
     assert (run_dir / "drift_features.png").is_file()
     shutil.rmtree(tmp_path / "cli", ignore_errors=True)
+
+
+def test_served_images_are_decoded_as_training_reads_them(tmp_path: Path) -> None:
+    """Transparency on white and EXIF orientation, as cvexp.data.coco.load_rgb_image gives them."""
+    from cvexp.data.coco import load_rgb_image
+    from cvexp.deployment.pyfunc import decode_images
+
+    transparent = Image.new("RGBA", (40, 20), (10, 200, 30, 0))
+    transparent.paste((200, 10, 10, 255), (0, 0, 10, 10))
+    transparent.save(tmp_path / "alpha.png")
+    rotated = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to show upright
+    rotated.save(tmp_path / "rotated.jpg", exif=exif)
+
+    decoded = decode_images([encode_image_file(tmp_path / "alpha.png"), encode_image_file(tmp_path / "rotated.jpg")])
+    assert np.array_equal(decoded[0], load_rgb_image(tmp_path / "alpha.png"))
+    assert (decoded[0][15, 30] == 255).all()  # a transparent pixel comes out white, not green
+    assert decoded[1].shape == (40, 20, 3)  # upright: taller than wide
+    assert np.array_equal(decoded[1], load_rgb_image(tmp_path / "rotated.jpg"))

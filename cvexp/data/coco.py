@@ -12,7 +12,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -241,8 +241,8 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
         return image
 
 
-def load_rgb_image(path: Path) -> np.ndarray:
-    """Loads any image as HWC uint8 RGB, upright as its EXIF orientation says."""
+def load_rgb_image(path: Path | BinaryIO) -> np.ndarray:
+    """Loads any image (a file path, or an open binary file) as HWC uint8 RGB, upright as its EXIF orientation says."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
         if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):

@@ -45,7 +45,9 @@ def decode_images(model_input: pd.DataFrame | dict | list) -> list[np.ndarray]:
     Accepts a DataFrame with an ``image`` column (what the scoring server builds from
     ``dataframe_split`` or ``inputs``), a ``{"image": [...]}`` dict, or a list of base64 strings.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from cvexp.data.coco import load_rgb_image
 
     if isinstance(model_input, pd.DataFrame):
         if IMAGE_COLUMN not in model_input.columns:
@@ -67,8 +69,8 @@ def decode_images(model_input: pd.DataFrame | dict | list) -> list[np.ndarray]:
         except (binascii.Error, ValueError) as error:
             raise _bad_request(f"{IMAGE_COLUMN}[{index}] is not valid base64 ({error}).") from error
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                images.append(np.asarray(image.convert("RGB")))
+            # The loader training and evaluation use: upright by EXIF, transparency on white.
+            images.append(load_rgb_image(io.BytesIO(data)))
         except (UnidentifiedImageError, OSError) as error:
             raise _bad_request(f"{IMAGE_COLUMN}[{index}] decodes to {len(data)} bytes that are not an image Pillow can read ({error}).") from error
     return images

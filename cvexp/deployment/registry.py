@@ -78,23 +78,10 @@ def _metric_from_run(client: Any, run_id: str, metric: str) -> float:
 
 def _evaluate_split(detector: Any, dataset: Any, batch_size: int) -> dict[str, float]:
     """COCO metrics of ``detector`` on ``dataset`` (the same evaluation as ``cvexp.evaluate``, no report files)."""
-    from torch.utils.data import DataLoader
+    from cvexp.evaluation.evaluator import evaluate_predictions, predict_dataset
 
-    from cvexp.data.collate import DetectionCollator
-    from cvexp.evaluation.coco_metric import coco_ground_truth, run_coco_evaluation
-    from cvexp.evaluation.evaluator import coco_results, run_inference
-
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        collate_fn=DetectionCollator(detector.image_processor, detector.adapter, image_size=detector.image_size))  # fmt: skip
-    predictions = run_inference(detector.model, detector.adapter, loader, detector.device, description="evaluating")
-    categories = detector.label_map.categories
-    ground_truth = coco_ground_truth([target for _, target in predictions], categories)
-    return run_coco_evaluation(ground_truth, coco_results(d for d, _ in predictions), categories).metrics
-
-
-def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name, artifact_location=artifact_location)
+    predictions = predict_dataset(detector, dataset, batch_size, description="evaluating")
+    return evaluate_predictions(predictions, detector.label_map.categories)[1].metrics
 
 
 def run_registration(cfg: DictConfig) -> RegistrationSummary:
@@ -112,6 +99,7 @@ def run_registration(cfg: DictConfig) -> RegistrationSummary:
     from cvexp.deployment.pyfunc import EXPORT_ARTIFACT, pyfunc_model_arguments
     from cvexp.evaluation.checkpoint import load_trained_detector
     from cvexp.evaluation.evaluator import evaluation_split
+    from cvexp.tracking.mlflow import experiment_id
 
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
@@ -131,8 +119,8 @@ def run_registration(cfg: DictConfig) -> RegistrationSummary:
 
     mlflow.set_tracking_uri(registry.tracking_uri)
     mlflow.set_registry_uri(registry.registry_uri)
-    experiment_id = _experiment_id(client, registry.experiment_name, registry.get("artifact_location"))
-    with mlflow.start_run(experiment_id=experiment_id, run_name=Path(cfg.ckpt_path).stem) as run:
+    experiment = experiment_id(client, registry.experiment_name, registry.get("artifact_location"))
+    with mlflow.start_run(experiment_id=experiment, run_name=Path(cfg.ckpt_path).stem) as run:
         mlflow.log_params({"ckpt_path": str(cfg.ckpt_path), "metric": cfg.metric, "score_threshold": cfg.score_threshold,
                            "model.model_class": detector.config.model.get("model_class")})  # fmt: skip
         if cfg.get("run_id"):

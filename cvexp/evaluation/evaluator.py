@@ -63,6 +63,24 @@ def coco_results(detections: Iterable[Detections], file_names: dict[int, str] | 
     return rows
 
 
+def evaluate_predictions(predictions: Sequence[Prediction], categories: Sequence[Category]) -> tuple[list[dict[str, Any]], CocoEvaluation]:
+    """The COCO results rows of ``predictions`` and their evaluation against the predictions' targets.
+
+    The metrics are computed from the rows exactly as a results json holds them (rounded), so that
+    pycocotools run on that file gives the same numbers.
+    """
+    results = coco_results(detection for detection, _ in predictions)
+    ground_truth = coco_ground_truth([target for _, target in predictions], categories)
+    return results, run_coco_evaluation(ground_truth, results, categories)
+
+
+def predict_dataset(detector: Any, dataset: Any, batch_size: int, num_workers: int = 0, description: str = "predicting") -> list[Prediction]:
+    """Runs a :class:`~cvexp.evaluation.checkpoint.TrainedDetector` over ``dataset`` in batches, fed as in training."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=DetectionCollator(detector.image_processor, detector.adapter, image_size=detector.image_size))  # fmt: skip
+    return run_inference(detector.model, detector.adapter, loader, detector.device, description=description)
+
+
 def confusion_matrix(predictions: Sequence[Prediction], categories: Sequence[Category],
                      iou_threshold: float = 0.5, score_threshold: float = 0.25) -> np.ndarray:  # fmt: skip
     """``(K+1, K+1)`` counts: rows are ground-truth classes, columns predicted classes; index K is background.
@@ -126,13 +144,11 @@ def write_report(
     ``pr_curves.png``, ``confusion_matrix.png`` and ``samples.png`` (the first ``num_samples``
     images, loaded with ``load_image(image_id)``).
 
-    The metrics are computed from the rows of the results json exactly as written (rounded), so
-    that pycocotools run on that file gives the same numbers.
+    The metrics are those of :func:`evaluate_predictions`: pycocotools run on the written results
+    json gives the same numbers.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
-    results = coco_results(detection for detection, _ in predictions)
-    ground_truth = coco_ground_truth([target for _, target in predictions], categories)
-    evaluation: CocoEvaluation = run_coco_evaluation(ground_truth, results, categories)
+    results, evaluation = evaluate_predictions(predictions, categories)
     files = {"results": output_dir / "coco_results.json", "metrics": output_dir / "metrics.json"}
     files["results"].write_text(json.dumps(results))
     files["metrics"].write_text(json.dumps(evaluation.metrics, indent=2))
@@ -201,12 +217,8 @@ def run_evaluation(cfg: DictConfig) -> EvaluationSummary:
     categories = detector.label_map.categories
     data_cfg = cfg.data if cfg.get("data") else detector.config.data
     dataset = evaluation_split(data_cfg, cfg.split, categories)
-    loader = DataLoader(
-        dataset, batch_size=int(cfg.get("batch_size") or data_cfg.get("batch_size") or 8), shuffle=False,
-        num_workers=int(data_cfg.get("num_workers") or 0),
-        collate_fn=DetectionCollator(detector.image_processor, detector.adapter, image_size=detector.image_size),
-    )  # fmt: skip
-    predictions = run_inference(detector.model, detector.adapter, loader, detector.device, description=f"evaluating {cfg.split}")
+    batch_size = int(cfg.get("batch_size") or data_cfg.get("batch_size") or 8)
+    predictions = predict_dataset(detector, dataset, batch_size, int(data_cfg.get("num_workers") or 0), description=f"evaluating {cfg.split}")
     output_dir = Path(cfg.paths.output_dir)
     report = write_report(predictions, categories, output_dir, dataset_image_loader(dataset), **report_options(cfg.get("report")))
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))

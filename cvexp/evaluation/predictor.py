@@ -14,11 +14,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cvexp.data.coco import DetectionSample, DetectionTarget, load_coco, load_rgb_image
-from cvexp.data.collate import DetectionCollator
-from cvexp.evaluation.evaluator import coco_results, run_inference
+from cvexp.evaluation.evaluator import coco_results, predict_dataset
 from cvexp.evaluation.plots import render_detections
 
 COCO_SPLIT_ANNOTATIONS = "_annotations.coco.json"
@@ -116,9 +115,7 @@ def run_prediction(cfg: DictConfig) -> PredictionSummary:
         torch.set_num_threads(int(cfg.num_threads))
     detector = load_trained_detector(cfg.ckpt_path, device=cfg.get("device", "auto"))
     dataset = ImageFilesDataset(resolve_inputs(str(cfg.inputs), cfg.get("annotation_file")))
-    loader = DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=int(cfg.get("num_workers") or 0),
-                        collate_fn=DetectionCollator(detector.image_processor, detector.adapter, image_size=detector.image_size))  # fmt: skip
-    predictions = run_inference(detector.model, detector.adapter, loader, detector.device)
+    predictions = predict_dataset(detector, dataset, int(cfg.batch_size), int(cfg.get("num_workers") or 0))
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,12 @@ def ui_command(logger: Any) -> str:
     return f"mlflow ui --backend-store-uri {logger._tracking_uri}"
 
 
+def experiment_id(client: Any, name: str, artifact_location: str | None = None) -> str:
+    """The id of the experiment ``name``, created as Lightning's ``MLFlowLogger`` would create it when missing."""
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None else client.create_experiment(name, artifact_location=artifact_location)
+
+
 def mlflow_metric_name(name: str) -> str:
     """``name`` with the characters MLflow rejects in metric names dropped (as Lightning's logger does)."""
     return re.sub(r"[^a-zA-Z0-9_/. -]+", "", name)
@@ -70,12 +76,7 @@ def log_evaluation_run(logger_cfg: DictConfig, run_name: str, params: dict[str, 
         if not logger_cfg.get(key):
             raise ValueError(f"logger.{key} is not set: evaluation logs to MLflow (logger=mlflow); use logger=none to skip logging.")
     client = MlflowClient(tracking_uri=logger_cfg.tracking_uri)
-    experiment = client.get_experiment_by_name(logger_cfg.experiment_name)
-    if experiment is None:
-        experiment_id = client.create_experiment(logger_cfg.experiment_name, artifact_location=logger_cfg.get("artifact_location"))
-    else:
-        experiment_id = experiment.experiment_id
-    run = client.create_run(experiment_id, run_name=run_name)
+    run = client.create_run(experiment_id(client, logger_cfg.experiment_name, logger_cfg.get("artifact_location")), run_name=run_name)
     run_id = run.info.run_id
     timestamp = int(time.time() * 1000)
     client.log_batch(
