@@ -30,6 +30,7 @@ import lightning as L
 import ray
 from omegaconf import DictConfig, OmegaConf, open_dict
 from ray import tune
+from ray.tune.integration import ray_train as ray_train_integration
 
 from cvexp.sweeps import (
     JOB_RESULT_FILE,
@@ -53,8 +54,8 @@ STOPPED = "STOPPED"  # job_result.json status of a trial the scheduler ended ear
 class TuneReportCallback(L.Callback):
     """Reports ``val/*`` metrics and the epoch count to Ray Tune after each validation of a trial.
 
-    Added to every trial's ``callbacks`` by :func:`run_trial`. When the scheduler stops the trial,
-    Ray ends it inside this report: the training does not come back.
+    Added to the ``callbacks`` of every trial that trains in-process (:func:`add_tune_reporting`).
+    When the scheduler stops the trial, Ray ends it inside this report: the training does not come back.
     """
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -62,6 +63,20 @@ class TuneReportCallback(L.Callback):
             return
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
         tune.report({**metrics, EPOCH_KEY: trainer.current_epoch + 1})
+
+
+class TrainReportToTune(ray_train_integration.TuneReportCallback):
+    """Passes a ``trainer=ray`` trial's reports from its Ray Train workers on to Ray Tune.
+
+    A Ray Train run callback (``trainer.run_callbacks``, added by :func:`add_tune_reporting`), made in
+    the trial. Rank 0's report after each validated epoch (the engine's ``RayTrainReportCallback``)
+    counts epochs from 0; Tune gets :data:`EPOCH_KEY` as finished epochs, as from in-process trials,
+    so ASHA's rungs mean the same with either trainer.
+    """
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        finished = [{**worker_metrics, EPOCH_KEY: worker_metrics["epoch"] + 1} for worker_metrics in metrics]
+        super().after_report(run_context, finished, checkpoint)
 
 
 # --- the search space ----------------------------------------------------------------------------
@@ -82,11 +97,15 @@ def build_search_space(search_space: dict[str, Any]) -> dict[str, Any]:
     for key, spec in search_space.items():
         kind = spec.get("type") if isinstance(spec, dict) else None
         if kind not in _DISTRIBUTIONS:
-            raise ValueError(f"hydra.sweeper.search_space.{key}: expected {{type: {'|'.join(_DISTRIBUTIONS)}, ...}}, got {spec!r}.")
+            raise ValueError(
+                f"hydra.sweeper.search_space.{key}: expected {{type: {'|'.join(_DISTRIBUTIONS)}, ...}}, got {spec!r}."
+            )
         needed, build = _DISTRIBUTIONS[kind]
         missing = [name for name in needed if name not in spec]
         if missing:
-            raise ValueError(f"hydra.sweeper.search_space.{key}: type {kind} needs {', '.join(needed)}; {', '.join(missing)} missing.")
+            raise ValueError(
+                f"hydra.sweeper.search_space.{key}: type {kind} needs {', '.join(needed)}; {', '.join(missing)} missing."
+            )
         space[key] = build(spec)
     return space
 
@@ -155,13 +174,59 @@ class JobNumbers:
         return self.numbers
 
 
-def check_local_trainer(config: DictConfig) -> None:
-    """Refuses ``trainer=ray`` in a trial: its Ray Train workers, not the trial, would report to Tune."""
-    target = str(OmegaConf.select(config, "trainer._target_", default=""))
-    if target.endswith("RayEngine"):
-        raise ValueError(f"trainer._target_={target}: a Ray Tune sweep (hydra/sweeper=ray_tune) runs each trial with "
-                         "trainer=local; Ray Train inside trials is not supported yet (docs/distributed.md, Ray Tune sweeps). "
-                         "Use trainer=local, or -m hydra/launcher=ray_jobs for a grid of trainer=ray jobs.")  # fmt: skip
+def runs_ray_train(config: DictConfig) -> bool:
+    """Whether the config trains with Ray Train workers (``trainer=ray``) rather than in-process."""
+    return str(OmegaConf.select(config, "trainer._target_", default="")).endswith("RayEngine")
+
+
+def add_tune_reporting(config: DictConfig) -> None:
+    """Makes the trial's training report its validation metrics to Tune after every validated epoch.
+
+    In-process training reports from a Lightning callback (:class:`TuneReportCallback`); with
+    ``trainer=ray`` the metrics are computed in the Ray Train workers, whose reports the run's driver
+    passes on to Tune (:class:`TrainReportToTune`).
+    """
+    with open_dict(config):
+        if runs_ray_train(config):
+            config.trainer.run_callbacks = [
+                *(config.trainer.get("run_callbacks") or []),
+                {"_target_": f"{__name__}.TrainReportToTune"},
+            ]
+            return
+        if config.get("callbacks") is None:
+            config.callbacks = {}
+        config.callbacks.tune_report = {"_target_": f"{__name__}.TuneReportCallback"}
+
+
+def trial_resource_request(resources_per_trial: dict[str, Any]) -> dict[str, Any]:
+    """``hydra.sweeper.resources_per_trial`` as Tune takes it.
+
+    Tune refuses a trial that reserves nothing, but a trial that trains with Ray Train (``cpu: 0``)
+    only waits for its workers: one byte of memory is the smallest reservation that takes no CPU
+    from them.
+    """
+    if any(float(value) for value in resources_per_trial.values()):
+        return resources_per_trial
+    return {**resources_per_trial, "memory": 1}
+
+
+def check_trial_fits(config: DictConfig, resources_per_trial: dict[str, Any], cluster_cpus: float | None) -> None:
+    """Refuses a ``trainer=ray`` sweep whose trial (its own CPUs plus its workers') cannot fit the cluster.
+
+    Tune would start the trial, and Ray Train would wait forever for the workers' resources.
+    """
+    if not runs_ray_train(config) or cluster_cpus is None:
+        return
+    workers = int(OmegaConf.select(config, "trainer.num_workers", default=1))
+    per_worker = float(OmegaConf.select(config, "trainer.cpus_per_worker", default=1))
+    needed = float(resources_per_trial.get("cpu", 1)) + workers * per_worker
+    if needed > cluster_cpus:
+        raise ValueError(
+            f"hydra.sweeper.resources_per_trial.cpu={resources_per_trial.get('cpu', 1)} plus trainer.num_workers={workers} x "
+            f"trainer.cpus_per_worker={per_worker} needs {needed:g} CPUs per trial, and the Ray cluster has {cluster_cpus:g}: "
+            "the trial's workers would wait forever. A trial that trains with Ray Train only waits for its workers: set "
+            "hydra.sweeper.resources_per_trial.cpu=0 (sweeper=asha_ray_train does), or fewer workers."
+        )
 
 
 def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
@@ -179,12 +244,9 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     with open_dict(config):
         config.hydra.job.id = trial_id
         config.hydra.job.num = job
-        if config.get("callbacks") is None:
-            config.callbacks = {}
-        config.callbacks.tune_report = {"_target_": f"{__name__}.TuneReportCallback"}
         if config.get("num_threads") is None:
             config.num_threads = spec.num_threads  # torch would take every core of the machine
-    check_local_trainer(config)
+    add_tune_reporting(config)
     HydraConfig.instance().set_config(config)
     # A trial the scheduler stops never reaches Hydra's on_job_end, which writes the finished record:
     # the sweeping process completes this one afterwards.
@@ -275,7 +337,6 @@ class RayTuneSweep:
                              "docs/distributed.md), as '++hydra.sweeper.search_space={optimizer.lr: {type: loguniform, lower: 1e-4, upper: 3e-3}}', "
                              "or sweep on the command line ('optimizer.lr=tag(log,interval(1e-4,3e-3))').")  # fmt: skip
         param_space = build_search_space(space_spec)
-        check_local_trainer(self.config)  # before any trial starts (trials check their own config too)
         self._prepare_data()
         # Trials keep this process's working directory (Tune would move them into its trial folders),
         # so relative paths in a config mean the same as in a plain run. Tune passes the variable on.
@@ -287,16 +348,24 @@ class RayTuneSweep:
         if started_here:
             ray.init(**self.init)
         try:
+            check_trial_fits(self.config, self.resources_per_trial, ray.cluster_resources().get("CPU"))
             job_numbers = JobNumbers.remote()
             spec = TrialSpec(self.hydra_context, self.task_function, self.config, fixed, Singleton.get_state(), job_numbers,
                              num_threads=max(1, int(self.resources_per_trial.get("cpu", 1))))  # fmt: skip
             tuner = tune.Tuner(
-                tune.with_resources(tune.with_parameters(run_trial, spec=spec), self.resources_per_trial),
+                tune.with_resources(tune.with_parameters(run_trial, spec=spec), trial_resource_request(self.resources_per_trial)),
                 param_space=param_space,
-                tune_config=tune.TuneConfig(metric=self.metric, mode=self.mode, num_samples=self.num_samples,
-                                            max_concurrent_trials=self.max_concurrent_trials,
-                                            scheduler=self._scheduler(), search_alg=self._search_alg(param_space)),  # fmt: skip
-                run_config=tune.RunConfig(name="tune", storage_path=str(self.storage_path or sweep_dir), callbacks=[trial_log], verbose=1),
+                tune_config=tune.TuneConfig(
+                    metric=self.metric,
+                    mode=self.mode,
+                    num_samples=self.num_samples,
+                    max_concurrent_trials=self.max_concurrent_trials,
+                    scheduler=self._scheduler(),
+                    search_alg=self._search_alg(param_space),
+                ),  # fmt: skip
+                run_config=tune.RunConfig(
+                    name="tune", storage_path=str(self.storage_path or sweep_dir), callbacks=[trial_log], verbose=1
+                ),
             )
             tuner.fit()
             for trial_id, job in ray.get(job_numbers.all.remote()).items():
@@ -359,7 +428,10 @@ class RayTuneSweep:
         for path in sweep_dir.glob(f"*/{JOB_RESULT_FILE}"):
             record = json.loads(path.read_text())
             trial = by_job.get(record["job"])
-            if record["status"] != "RUNNING" or trial is None:
+            # With trainer=ray the scheduler's stop ends the trial's Ray Train run under its job, which
+            # then ends as FAILED; Tune saw no error in such a trial.
+            stopped_under_ray_train = record["status"] == "FAILED" and trial is not None and not trial.error
+            if trial is None or (record["status"] != "RUNNING" and not stopped_under_ray_train):
                 continue  # finished: Hydra's on_job_end wrote it
             status = "FAILED" if trial.error else STOPPED
             write_job_result(path.parent, record["job"], record["overrides"], status, trial.best(self.metric, self.mode))
@@ -368,7 +440,9 @@ class RayTuneSweep:
         if store is None or not ended:
             return
         client, experiment_id = store
-        for run in client.search_runs([experiment_id], filter_string=f"tags.{SWEEP_TAG} = '{sweep_dir}' and tags.sweep_role = 'job'"):
+        for run in client.search_runs(
+            [experiment_id], filter_string=f"tags.{SWEEP_TAG} = '{sweep_dir}' and tags.sweep_role = 'job'"
+        ):
             status = ended.get(int(run.data.tags.get(SWEEP_JOB_TAG, -1)))
             if status and run.info.status != "FINISHED":
                 client.set_terminated(run.info.run_id, status)

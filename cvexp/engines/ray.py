@@ -53,6 +53,9 @@ class RayEngine:
         checkpoint_score_attribute, checkpoint_score_order: the metric checkpoints are ranked by,
             and whether higher (``max``) or lower (``min``) is better.
         max_failures: times a failed worker group is restarted from the latest checkpoint.
+        run_callbacks: Ray Train callbacks (``ray.train.UserCallback``) of the run, in the driver;
+            a Ray Tune sweep adds one that passes the workers' reports on to Tune
+            (:class:`cvexp.tuning.TrainReportToTune`).
         find_unused_parameters: let DDP find parameters that get no gradient in a step. Needed when
             a model has such parameters (Hugging Face's two-stage Deformable DETR computes no loss
             for its encoder proposal head); ``False`` saves a graph walk per step otherwise.
@@ -79,6 +82,7 @@ class RayEngine:
         checkpoint_score_attribute: str | None = "val/map",
         checkpoint_score_order: str = "max",
         max_failures: int = 1,
+        run_callbacks: list[Any] | None = None,
         find_unused_parameters: bool = True,
         precision: str = "auto",
         accelerator: str = "auto",
@@ -110,6 +114,7 @@ class RayEngine:
         self.checkpoint_score_attribute = checkpoint_score_attribute
         self.checkpoint_score_order = checkpoint_score_order
         self.max_failures = max_failures
+        self.run_callbacks = list(run_callbacks or [])
         self.find_unused_parameters = find_unused_parameters
         self.precision = precision
         self.trainer_options = trainer_options
@@ -148,6 +153,7 @@ class RayEngine:
                         checkpoint_score_order=self.checkpoint_score_order,
                     ),
                     failure_config=FailureConfig(max_failures=self.max_failures),
+                    callbacks=self.run_callbacks,
                 ),
             )
             result = trainer.fit()  # raises ray.train.TrainingFailedError once max_failures are spent
@@ -169,7 +175,9 @@ class RayEngine:
             if started_here:
                 ray.shutdown()
 
-    def test(self, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None = None) -> dict[str, float]:
+    def test(
+        self, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None = None
+    ) -> dict[str, float]:
         """Tests on the driver, in this process (one device), with the driver's logger and callbacks.
 
         The driver's module was not trained (the workers were): without a checkpoint there is
@@ -179,7 +187,9 @@ class RayEngine:
             log.warning("No checkpoint came back from the Ray workers (did validation run? see limit_val_batches and "
                         "check_val_every_n_epoch): the test split is not evaluated.")  # fmt: skip
             return {}
-        local = LocalEngine(callbacks=self.callbacks, logger=self.logger, precision=self.precision, devices=1, **self.trainer_options)
+        local = LocalEngine(
+            callbacks=self.callbacks, logger=self.logger, precision=self.precision, devices=1, **self.trainer_options
+        )
         return local.test(module, datamodule, ckpt_path=ckpt_path)
 
     def _connect(self) -> bool:
