@@ -32,6 +32,7 @@ def build_detector(
     train_backbone: bool | None = None,
     trainable_batch_norm: bool = False,
     initializers: Sequence[Callable[[torch.nn.Module], None]] = (),
+    hub_name: str | None = None,
 ) -> Detector:
     """Builds a detector whose classification head matches ``label_map``.
 
@@ -54,6 +55,9 @@ def build_detector(
         initializers: callables applied to a model built from ``config`` (random init), e.g. the
             focal-loss prior of :mod:`cvexp.models.initialization`; pretrained weights are left as
             they were trained.
+        hub_name: the pretrained checkpoint users would pick for this model option (docs/models.md).
+            It is not loaded unless ``pretrained`` names it: ``model.pretrained=${model.hub_name}``
+            (as ``+experiment=finetune_pretrained`` does) fine-tunes it.
     """
     cls = get_class(model_class)
     labels = {"id2label": label_map.id2label, "label2id": label_map.label2id}
