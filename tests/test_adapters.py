@@ -5,12 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from cvexp.adapters import DetrAdapter, OutputAdapter, SigmoidDetrAdapter, available_adapters, create_adapter
-from cvexp.data import Category, DetectionTarget, LabelMap
+from cvexp.data import Category, DetectionCollator, DetectionSample, DetectionTarget, LabelMap
+from cvexp.data.collate import processor_size
 
 # Non-contiguous dataset ids, as real exports have them.
 LABEL_MAP = LabelMap([Category(3, "cat"), Category(7, "dog"), Category(11, "bird")])
@@ -88,7 +91,7 @@ def test_yolos_adapter_config_passes_no_pixel_mask() -> None:
 
 
 def test_unknown_adapter_name_lists_the_known_ones() -> None:
-    with pytest.raises(KeyError, match=r"adapter.name='nope' is not registered; known adapters: \['detr', 'sigmoid_detr'"):
+    with pytest.raises(KeyError, match=r"adapter.name='nope' is not registered; known adapters: \['detr', 'rt_detr', 'sigmoid_detr'"):
         create_adapter("nope", LABEL_MAP)
 
 
@@ -111,3 +114,110 @@ def test_installed_packages_extend_the_registry_through_entry_points(tmp_path: P
 
         registry._REGISTRY.pop("my_family", None)
         sys.modules.pop("my_detectors", None)
+
+
+# --- The RT-DETR family (RT-DETR, RT-DETRv2, D-FINE): real tiny models from their YAML ---
+
+RT_DETR_FAMILY = ["rt_detr", "rt_detr_v2", "d_fine"]
+FINAL_LAYER_PARTS = {"loss_vfl", "loss_bbox", "loss_giou"}
+
+
+@pytest.fixture(scope="module", params=RT_DETR_FAMILY)
+def rt_detr_family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any, OutputAdapter]:
+    """(model option, Detector, adapter) built from conf/model/<option>.yaml with random weights."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_train_config
+
+    root = tmp_path_factory.mktemp(request.param)
+    cfg = compose_train_config(root, root, [f"model={request.param}"])
+    GlobalHydra.instance().clear()
+    torch.manual_seed(0)
+    return request.param, instantiate(cfg.model, label_map=LABEL_MAP), instantiate(cfg.adapter, label_map=LABEL_MAP)
+
+
+def _samples() -> list[DetectionSample]:
+    """Two images of different shapes and aspect ratios, with boxes of every class."""
+    generator = np.random.default_rng(0)
+    return [
+        DetectionSample(generator.integers(0, 256, (60, 120, 3), dtype=np.uint8), target([[10, 5, 30, 20], [70, 30, 40, 25]], [3, 11], size=(60, 120), image_id=1)),
+        DetectionSample(generator.integers(0, 256, (96, 80, 3), dtype=np.uint8), target([[8, 8, 20, 40]], [7], size=(96, 80), image_id=2)),
+    ]  # fmt: skip
+
+
+def test_fixed_shape_processors_stretch_to_the_image_size_others_keep_the_aspect_ratio() -> None:
+    from transformers import DetrImageProcessorPil, RTDetrImageProcessorPil
+
+    assert processor_size(RTDetrImageProcessorPil(), 96) == {"height": 96, "width": 96}
+    assert processor_size(DetrImageProcessorPil(), 96) == {"shortest_edge": 96, "longest_edge": 96}
+    assert processor_size(SimpleNamespace(size={"height": 640, "width": 640}), 96) == {"height": 96, "width": 96}  # a saved, reloaded size
+
+
+def test_rt_detr_family_predictions_are_in_original_image_coordinates(rt_detr_family: tuple[str, Any, OutputAdapter]) -> None:
+    _, detector, adapter = rt_detr_family
+    samples = _samples()
+    targets = [s.target for s in samples]
+    batch = DetectionCollator(detector.image_processor, adapter, image_size=96)(samples)
+    # Every image fills the whole input (stretched, unpadded), in [0, 1] without mean/std.
+    assert batch["pixel_values"].shape == (2, 3, 96, 96)
+    assert 0 <= batch["pixel_values"].min() and batch["pixel_values"].max() <= 1
+    assert "pixel_mask" not in adapter.model_inputs(batch)  # the models ignore one
+    model = detector.model.eval()
+    with torch.no_grad():
+        outputs = model(**adapter.model_inputs(batch, with_labels=False))
+    detections = adapter.format_predictions(outputs, targets)
+    # transformers' own post-processing for these models: the top num_queries of queries x classes,
+    # corner boxes scaled by the original image size.
+    reference = detector.image_processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=[t.size for t in targets])
+    num_queries = model.config.num_queries
+    for detection, expected, sample in zip(detections, reference, samples, strict=True):
+        assert detection.image_id == sample.target.image_id
+        assert len(detection.scores) == min(adapter.top_k, num_queries * len(LABEL_MAP.categories))
+        assert set(detection.category_ids.tolist()) <= {3, 7, 11}  # the dataset's ids
+        top = slice(0, num_queries)
+        assert torch.allclose(detection.scores[top], expected["scores"], atol=1e-6)
+        assert detection.category_ids[top].tolist() == LABEL_MAP.to_category_ids(expected["labels"]).tolist()
+        x0, y0, x1, y1 = expected["boxes"].unbind(-1)
+        assert torch.allclose(detection.boxes[top], torch.stack([x0, y0, x1 - x0, y1 - y0], -1), atol=1e-4)
+
+
+def test_rt_detr_family_loss_is_the_model_s_and_parts_are_the_final_layer_s(rt_detr_family: tuple[str, Any, OutputAdapter]) -> None:
+    option, detector, adapter = rt_detr_family
+    batch = DetectionCollator(detector.image_processor, adapter, image_size=96)(_samples())
+    model = detector.model.train()
+    outputs = model(**adapter.model_inputs(batch))
+    adapted = adapter.adapt_output(outputs)
+    # transformers weights the parts already; the loss is their sum (final, auxiliary, denoising copies).
+    assert adapted.loss is outputs.loss and adapted.loss.requires_grad
+    assert torch.allclose(adapted.loss, sum(outputs.loss_dict.values()))
+    # D-FINE's localisation losses exist only for the layers before the last (their teacher).
+    expected = FINAL_LAYER_PARTS | ({"loss_fgl", "loss_ddf"} if option == "d_fine" else set())
+    assert set(adapted.loss_parts) == expected
+    for name in FINAL_LAYER_PARTS:
+        assert torch.equal(adapted.loss_parts[name], outputs.loss_dict[name].detach())
+    deepest = model.config.decoder_layers - 2  # aux_0 .. aux_{L-2}: the decoder layers before the last
+    for name in expected - FINAL_LAYER_PARTS:
+        assert torch.equal(adapted.loss_parts[name], outputs.loss_dict[f"{name}_aux_{deepest}"].detach())
+    assert not any(part.requires_grad for part in adapted.loss_parts.values())
+
+
+def test_rt_detr_family_trains_on_denoising_queries_built_from_the_labels(rt_detr_family: tuple[str, Any, OutputAdapter]) -> None:
+    from functools import partial
+
+    from cvexp.models.detection_module import DetectionModule
+
+    _, detector, adapter = rt_detr_family
+    batch = DetectionCollator(detector.image_processor, adapter, image_size=96)(_samples())
+    module = DetectionModule(detector.model, adapter, optimizer=partial(torch.optim.AdamW, lr=1e-4))
+    num_queries = detector.model.config.num_queries
+    module.train()
+    outputs = module(batch)  # as training_step calls it
+    assert outputs.denoising_meta_values is not None  # the labels reached the model...
+    assert outputs.logits.shape[1] > num_queries  # ...and became extra (denoising) queries
+    assert any(name.endswith("_dn_0") for name in outputs.loss_dict)
+    module.eval()
+    with torch.no_grad():
+        outputs = module(batch)  # as validation_step calls it: the labels give val/loss only
+    assert outputs.denoising_meta_values is None and outputs.logits.shape[1] == num_queries
+    assert outputs.loss is not None and not any("_dn_" in name for name in outputs.loss_dict)

@@ -48,7 +48,9 @@ def test_every_experiment_composes(tmp_path: Path, experiment: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "adapter"), [("deformable_detr", "sigmoid_detr"), ("conditional_detr", "sigmoid_detr"), ("detr", "detr"), ("yolos", "detr")]
+    ("model", "adapter"),
+    [("deformable_detr", "sigmoid_detr"), ("conditional_detr", "sigmoid_detr"), ("detr", "detr"), ("yolos", "detr"),
+     ("rt_detr", "rt_detr"), ("rt_detr_v2", "rt_detr"), ("d_fine", "rt_detr")],  # fmt: skip
 )
 def test_adapter_follows_the_model_unless_overridden(tmp_path: Path, model: str, adapter: str) -> None:
     assert compose_train_config(tmp_path, tmp_path, [f"model={model}"]).adapter.name == adapter

@@ -22,14 +22,15 @@ class DetectionCollator:
     Args:
         image_processor: a Hugging Face image processor of the model.
         adapter: the model family's output adapter.
-        image_size: resize so that the longer side is this many pixels (aspect kept); ``None``
+        image_size: resize so that the longer side is this many pixels (aspect kept), or to this
+            square for processors that resize to a fixed shape (:func:`processor_size`); ``None``
             keeps the processor's own size setting.
     """
 
     def __init__(self, image_processor: Any, adapter: OutputAdapter, image_size: int | None = None) -> None:
         self.image_processor = image_processor
         self.adapter = adapter
-        self.size = {"shortest_edge": image_size, "longest_edge": image_size} if image_size else None
+        self.size = processor_size(image_processor, image_size) if image_size else None
 
     def __call__(self, samples: list[DetectionSample]) -> dict[str, Any]:
         extra = {"size": self.size} if self.size else {}
@@ -45,3 +46,20 @@ class DetectionCollator:
         else:
             batch["pixel_mask"] = torch.ones_like(encoded["pixel_values"][:, 0], dtype=torch.long)
         return batch
+
+
+def processor_size(image_processor: Any, image_size: int) -> dict[str, int]:
+    """The ``size`` with which ``image_processor`` resizes to ``image_size``, in the processor's own kind of resize.
+
+    Most processors keep the aspect ratio (``shortest_edge``/``longest_edge``: DETR, Deformable
+    DETR, YOLOS): the longer side becomes ``image_size`` and the batch is padded, ``pixel_mask``
+    marking the padding. A processor whose own size is a fixed ``height`` x ``width`` (RT-DETR,
+    RT-DETRv2, D-FINE) stretches every image to ``image_size`` x ``image_size``, as those models are
+    trained: they take no pixel mask and predict boxes relative to the whole input, which is then
+    the whole image (padding would shift every box the adapter normalises to the image).
+    """
+    size = getattr(image_processor, "size", None)
+    field = size.get if isinstance(size, dict) else lambda name: getattr(size, name, None)
+    if field("height") and field("width") and not field("shortest_edge"):
+        return {"height": image_size, "width": image_size}
+    return {"shortest_edge": image_size, "longest_edge": image_size}

@@ -28,9 +28,12 @@ CVEXP_EXPORT_FILE = "cvexp.json"
 def export_huggingface(detector: TrainedDetector, output_dir: Path) -> Path:
     """Writes ``detector`` as a Hugging Face model directory (model, image processor, ``cvexp.json``).
 
-    The image processor is saved with the training's resize (longer side ``data.image_size``), so
-    that transformers' own pipeline feeds the model the pixels it was trained on.
+    The image processor is saved with the training's resize (longer side ``data.image_size``, or
+    that square for fixed-shape processors: :func:`~cvexp.data.collate.processor_size`), so that
+    transformers' own pipeline feeds the model the pixels it was trained on.
     """
+    from cvexp.data.collate import processor_size
+
     output_dir.mkdir(parents=True, exist_ok=True)
     # A from-scratch model trains its backbone's batch norm (BatchNorm2d in place of HF's frozen
     # one); the HF class reloads the same statistics into its frozen layer, but has no counter.
@@ -38,7 +41,7 @@ def export_huggingface(detector: TrainedDetector, output_dir: Path) -> Path:
     detector.model.save_pretrained(output_dir, state_dict=state_dict)
     processor = copy.deepcopy(detector.image_processor)
     if detector.image_size:
-        processor.size = {"shortest_edge": detector.image_size, "longest_edge": detector.image_size}
+        processor.size = processor_size(processor, detector.image_size)
     processor.save_pretrained(output_dir)
     metadata = {
         "adapter": OmegaConf.to_container(detector.config.adapter, resolve=True),
