@@ -1,4 +1,4 @@
-"""Short real trainings: every model YAML, MLflow logging, checkpoints, resume, seeding."""
+"""Short real trainings: MLflow logging, checkpoints, resume, seeding (every model YAML: test_model_zoo.py)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ def _artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> list[s
     return found
 
 
-@pytest.mark.parametrize("model", ["deformable_detr", "conditional_detr", "detr", "yolos"])
-def test_each_model_trains_evaluates_and_logs_one_mlflow_run(train_config, model: str) -> None:
+def test_training_validates_tests_and_logs_one_mlflow_run(train_config) -> None:
+    # One model is enough here: tests/test_model_zoo.py trains and evaluates every model option.
+    model = "detr"
     cfg = train_config([f"model={model}", "debug=smoke"])
     summary = run_training(cfg)
 

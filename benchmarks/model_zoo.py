@@ -1,0 +1,169 @@
+"""Every model option's tiny variant trained for the same short budget on the synthetic shapes.
+
+Each option (``conf/model/*.yaml``, or the ones named with ``--models``) trains from random init in
+this process, one after the other, with the same data (``data=shapes``, 96 px, batch size 16),
+augmentation, optimizer, schedule, seed and epochs; validation runs once, after the last epoch, on
+the whole validation split. No MLflow, no test pass or report (``logger=none report=none
+test_after_fit=false``), and a deliberate torch thread count (``--threads``, ``num_threads=``).
+
+Recorded per option:
+
+- **val mAP50** (and mAP) after the last epoch;
+- **training steps/s**: the inverse of the median step time, a step timed from the end of the
+  previous step (or the epoch's start) to its end, so data loading is in and validation is out;
+  the first epoch is skipped (warm-up). images/s is that times the batch size;
+- the fit's wall time (validation included) and the model's parameter count.
+
+    python benchmarks/model_zoo.py [--models detr yolos ...] [--epochs 20] [--threads 2]
+        [--train-batches N] [--val-batches N] [--write] [overrides ...]
+
+Prints a Markdown table; ``--write`` puts it into docs/models.md between the model-zoo markers
+(section "CPU benchmark"). Run it on an otherwise idle machine: the steps/s compare only within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import lightning as L  # noqa: E402
+
+from benchmarks.report import replace_section  # noqa: E402
+from benchmarks.training_throughput import compose_config  # noqa: E402
+from cvexp.paths import CONFIG_DIR  # noqa: E402
+from cvexp.training import run_training  # noqa: E402
+
+MODELS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
+
+
+class StepTimer(L.Callback):
+    """Times every training step (end of the previous step, or the epoch's start, to its end) and counts parameters."""
+
+    def __init__(self) -> None:
+        self.epochs: list[list[float]] = []
+        self.parameters = 0
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.parameters = sum(p.numel() for p in module.model.parameters())
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.epochs.append([])
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        now = time.perf_counter()
+        self.epochs[-1].append(now - self._last)
+        self._last = now
+
+    def median_step_seconds(self) -> float:
+        measured = [seconds for epoch in self.epochs[1:] for seconds in epoch] or [s for epoch in self.epochs for s in epoch]
+        return statistics.median(measured)
+
+
+@dataclass
+class ZooResult:
+    model: str
+    model_class: str = ""
+    adapter: str = ""
+    parameters: int = 0
+    map_50: float | None = None
+    map: float | None = None
+    steps_per_second: float | None = None
+    images_per_second: float | None = None
+    fit_minutes: float | None = None
+    steps_per_epoch: int = 0
+    batch_size: int = 0
+    image_size: int = 0
+    seed: int | None = None
+    error: str | None = None
+
+
+def benchmark(model: str, root: Path, overrides: list[str]) -> ZooResult:
+    """Trains ``model``'s tiny variant for the budget in ``overrides``; a failure is recorded, not raised."""
+    cfg = compose_config(root, [f"model={model}", *overrides])
+    result = ZooResult(model, cfg.model.model_class.rsplit(".", 1)[-1], cfg.adapter.name,
+                       batch_size=int(cfg.data.batch_size), image_size=int(cfg.data.image_size), seed=cfg.get("seed"))  # fmt: skip
+    timer = StepTimer()
+    try:
+        summary = run_training(cfg, extra_callbacks=[timer])
+    except Exception as error:  # one broken option must not cost the others' figures
+        traceback.print_exc()
+        result.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:120]
+        return result
+    seconds = timer.median_step_seconds()
+    result.parameters = timer.parameters
+    result.map_50, result.map = summary.val_metrics.get("map_50"), summary.val_metrics.get("map")
+    result.steps_per_second = 1 / seconds
+    result.images_per_second = result.batch_size / seconds
+    result.steps_per_epoch = len(timer.epochs[0])
+    result.fit_minutes = summary.train_seconds / 60
+    return result
+
+
+def markdown(results: list[ZooResult], args: argparse.Namespace) -> str:
+    done = [r for r in results if not r.error]
+    budget = f"{done[0].steps_per_epoch} steps of {done[0].batch_size} images" if done else "the same steps"
+    validation = f"the first {args.val_batches} batches of the validation split" if args.val_batches else "the whole validation split"
+    lines = [
+        f"The tiny variant of each option, random init, on the synthetic shapes ({done[0].image_size if done else '?'} px): "
+        f"{args.epochs} epochs of {budget}, seed {done[0].seed if done else '?'}, {args.threads} torch threads, validated once after the last epoch on "
+        f"{validation} (`python benchmarks/model_zoo.py {' '.join(sys.argv[1:])}`). Steps/s: the inverse of the median "
+        "training-step time (data loading included, validation left out, first epoch skipped); the fit time includes the validation.",
+        "",
+        "| option | model class | adapter | parameters | val mAP50 | val mAP | steps/s | images/s | fit time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.error:
+            lines.append(f"| `{r.model}` | {r.model_class} | `{r.adapter}` | | failed: {r.error} | | | | |")
+            continue
+        lines.append(f"| `{r.model}` | {r.model_class} | `{r.adapter}` | {r.parameters / 1e6:.2f} M | {r.map_50:.3f} | {r.map:.3f} "
+                     f"| {r.steps_per_second:.2f} | {r.images_per_second:.1f} | {r.fit_minutes:.1f} min |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS, metavar="OPTION", help=f"default: all of {MODELS}")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (num_threads=)")
+    parser.add_argument("--train-batches", type=int, default=None, help="limit each epoch to N batches (quick checks)")
+    parser.add_argument("--val-batches", type=int, default=None, help="validate on N batches only (quick checks)")
+    parser.add_argument("--write", action="store_true", help="write the table into docs/models.md's CPU benchmark section")
+    parser.add_argument("overrides", nargs="*", help="more Hydra overrides, the same for every option")
+    args = parser.parse_args()
+
+    overrides = [f"trainer.max_epochs={args.epochs}", f"trainer.check_val_every_n_epoch={args.epochs}", "trainer.num_sanity_val_steps=0",
+                 f"num_threads={args.threads}", "logger=none", "report=none", "test_after_fit=false"]  # fmt: skip
+    if args.train_batches:
+        overrides.append(f"+trainer.limit_train_batches={args.train_batches}")
+    if args.val_batches:
+        overrides.append(f"+trainer.limit_val_batches={args.val_batches}")
+    overrides += args.overrides
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:  # one synthetic dataset for every option
+        for model in args.models:
+            started = time.perf_counter()
+            results.append(benchmark(model, Path(tmp), overrides))
+            r = results[-1]
+            status = r.error or f"val mAP50 {r.map_50:.3f}, {r.steps_per_second:.2f} steps/s"
+            print(f"{model}: {status} ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
+    table = markdown(results, args)
+    print(table)
+    if args.write:
+        replace_section(REPO / "docs" / "models.md", "model-zoo", table)
+
+
+if __name__ == "__main__":
+    main()
