@@ -23,4 +23,8 @@ def test_default_training_reaches_map50(tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("cvexp-train").experiment_id])
     best_map50 = max(m.value for m in client.get_metric_history(run.info.run_id, "val/map_50"))
-    assert best_map50 >= 0.6, f"validation mAP50 peaked at {best_map50:.3f}"
+    # The issue asked for 0.6; the default RT-DETR reaches 0.9 by its fourth epoch and 0.99 by its
+    # last (docs/benchmarks.md), so 0.9 catches a regression that 0.6 would let through.
+    assert best_map50 >= 0.9, f"validation mAP50 peaked at {best_map50:.3f}"
+    test_map50 = client.get_metric_history(run.info.run_id, "test/map_50")[-1].value
+    assert test_map50 >= 0.85, f"test mAP50 of the best checkpoint: {test_map50:.3f}"
