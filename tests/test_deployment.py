@@ -27,14 +27,17 @@ from cvexp.training import run_training
 from tests.conftest import compose_train_config
 
 MODEL_NAME = "cvexp-detector"
-THRESHOLD = 0.3
+THRESHOLD = 0.15  # the fixture's short training scores its best detections about 0.2-0.25
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
     """A smoke training on the shapes data, logged to MLflow: (its root, the data folder, the summary)."""
     root = tmp_path_factory.mktemp("trained")
-    cfg = compose_train_config(root, root / "datasets", ["debug=smoke", "trainer.max_epochs=1", "test_after_fit=false"])
+    # 60 steps rather than the smoke's 3: the comparisons need detections above THRESHOLD, and a model
+    # that starts at the focal prior (1 %) only scores that high once it has learned a little.
+    cfg = compose_train_config(root, root / "datasets", ["debug=smoke", "trainer.max_epochs=1", "trainer.limit_train_batches=60",
+                                                          "test_after_fit=false"])  # fmt: skip
     return root, root / "datasets", run_training(cfg)
 
 

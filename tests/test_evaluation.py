@@ -118,16 +118,17 @@ def test_checkpoint_without_cvexp_section_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
-    """A smoke training on the shapes data (with MLflow): (its root, the data folder, the summary)."""
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object, int]:
+    """A smoke training of the default model on the shapes data (with MLflow): (its root, the data
+    folder, the summary, the detections it makes per image: its adapter's top-k of queries x 3 classes)."""
     root = tmp_path_factory.mktemp("trained")
     cfg = compose_train_config(root, root / "datasets", ["debug=smoke", "trainer.max_epochs=1"])
     summary = run_training(cfg)
-    return root, root / "datasets", summary
+    return root, root / "datasets", summary, min(cfg.adapter.top_k, cfg.model.config.num_queries * len(SHAPE_IDS))
 
 
 def test_training_writes_and_logs_the_test_report(trained) -> None:
-    root, _, summary = trained
+    root, _, summary, _ = trained
     report_dir = root / "run" / "evaluation" / "test"
     for name in ("pr_curves.png", "confusion_matrix.png", "samples.png"):
         _assert_png(report_dir / name)
@@ -140,7 +141,7 @@ def test_training_writes_and_logs_the_test_report(trained) -> None:
 
 
 def test_evaluate_writes_the_report_and_one_mlflow_run(trained, tmp_path: Path) -> None:
-    root, data_dir, summary = trained
+    root, data_dir, summary, per_image = trained
     # The training's MLflow store: an existing sqlite store opens much faster than a new one.
     overrides = [f"ckpt_path={summary.best_model_path}", "split=val", "batch_size=20", f"paths.mlflow_dir={root}/outputs/mlflow"]
     cfg = compose_train_config(tmp_path, data_dir, overrides, config_name="evaluate")
@@ -153,7 +154,7 @@ def test_evaluate_writes_the_report_and_one_mlflow_run(trained, tmp_path: Path) 
     assert {row["category_id"] for row in rows} <= set(SHAPE_IDS)
     val_json = data_dir / "shapes" / "val" / "_annotations.coco.json"
     assert {row["image_id"] for row in rows} == {image["id"] for image in json.loads(val_json.read_text())["images"]}
-    assert len(rows) == 60 * 100  # top-k 60 (20 queries x 3 classes) on each of the 100 validation images
+    assert len(rows) == per_image * 100  # every detection (no threshold) on each of the 100 validation images
     # The results json, evaluated by pycocotools itself, gives the printed numbers.
     _assert_same_numbers(result.metrics, _pycocotools_eval(val_json, run_dir / "coco_results.json"),
                          [Category(i, n) for i, n in SHAPE_IDS.items()])  # fmt: skip
@@ -169,7 +170,7 @@ def test_evaluate_writes_the_report_and_one_mlflow_run(trained, tmp_path: Path) 
 
 
 def test_predict_on_a_glob_numbers_images_and_renders(trained, tmp_path: Path) -> None:
-    root, data_dir, summary = trained
+    root, data_dir, summary, per_image = trained
     images = tmp_path / "images"
     images.mkdir()
     for source in sorted((data_dir / "shapes" / "test").glob("*.png"))[:3]:
@@ -180,7 +181,7 @@ def test_predict_on_a_glob_numbers_images_and_renders(trained, tmp_path: Path) -
     result = run_prediction(cfg)
 
     rows = json.loads(result.results_path.read_text())
-    assert result.num_images == 3 and len(rows) == result.num_detections == 3 * 60
+    assert result.num_images == 3 and len(rows) == result.num_detections == 3 * per_image
     names = sorted(p.name for p in images.glob("*.png"))
     assert {(row["image_id"], Path(row["file_name"]).name) for row in rows} == {(i + 1, name) for i, name in enumerate(names)}
     assert {row["category_id"] for row in rows} <= set(SHAPE_IDS)
@@ -192,7 +193,7 @@ def test_predict_on_a_glob_numbers_images_and_renders(trained, tmp_path: Path) -
 
 def test_predict_command_line_on_a_coco_split(trained, tmp_path: Path) -> None:
     """``python -m cvexp.predict`` as a user runs it: the split's image ids, every detection, under outputs/runs/predict/."""
-    root, data_dir, summary = trained
+    root, data_dir, summary, per_image = trained
     split = data_dir / "shapes" / "test"
     env = {**os.environ, "CVEXP_ROOT": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "cvexp.predict", f"ckpt_path={summary.best_model_path}", f"inputs={split}",
@@ -202,7 +203,7 @@ def test_predict_command_line_on_a_coco_split(trained, tmp_path: Path) -> None:
     rows = json.loads((run_dir / "predictions.json").read_text())
     ground_truth = json.loads((split / "_annotations.coco.json").read_text())
     assert {row["image_id"] for row in rows} == {image["id"] for image in ground_truth["images"]}
-    assert len(rows) == 60 * len(ground_truth["images"])
+    assert len(rows) == per_image * len(ground_truth["images"])
     assert f"{len(rows)} detections on {len(ground_truth['images'])} images" in result.stdout
     with contextlib.redirect_stdout(io.StringIO()):  # the file is a results json pycocotools loads
         coco_gt = PyCOCO(str(split / "_annotations.coco.json"))
