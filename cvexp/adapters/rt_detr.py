@@ -43,9 +43,9 @@ class RtDetrAdapter(SigmoidDetrAdapter):
     """
 
     def adapt_output(self, outputs: Any) -> AdaptedOutput:
-        losses = outputs.loss_dict
-        # The final decoder layer's parts: the names without an _aux_N / _dn_N suffix.
-        parts = {name: value.detach() for name, value in losses.items() if name.startswith("loss") and not name[-1].isdigit()}
+        # The final decoder layer's parts (names without an _aux_N / _dn_N suffix), as for DETR.
+        adapted = super().adapt_output(outputs)
+        losses, parts = outputs.loss_dict, adapted.loss_parts
         # Parts only the auxiliary layers have (D-FINE's fgl, ddf): the deepest layer that has them.
         deepest: dict[str, int] = {}
         for name in losses:
@@ -54,4 +54,4 @@ class RtDetrAdapter(SigmoidDetrAdapter):
                 deepest[match["part"]] = max(deepest.get(match["part"], -1), int(match["layer"]))
         for part, layer in deepest.items():
             parts[part] = losses[f"{part}_aux_{layer}"].detach()
-        return AdaptedOutput(loss=outputs.loss, loss_parts=parts)
+        return adapted
