@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ray import tune
 from ray.tune.integration import ray_train as ray_train_integration
 
+from cvexp.engines.ray_cleanup import PlacementGroupReaper, ReleaseWorkersWithController
 from cvexp.sweeps import (
     JOB_RESULT_FILE,
     SWEEP_JOB_TAG,
@@ -156,6 +158,7 @@ class TrialSpec:
     fixed_overrides: list[str]
     singleton_state: Any
     job_numbers: Any  # a JobNumbers actor
+    reaper: str  # the name of the sweep's PlacementGroupReaper actor
     num_threads: int = 1
 
 
@@ -196,6 +199,22 @@ def add_tune_reporting(config: DictConfig) -> None:
         if config.get("callbacks") is None:
             config.callbacks = {}
         config.callbacks.tune_report = {"_target_": f"{__name__}.TuneReportCallback"}
+
+
+def release_workers_when_stopped(config: DictConfig, reaper: str) -> None:
+    """With ``trainer=ray``, has the sweep's :class:`~cvexp.engines.ray_cleanup.PlacementGroupReaper`
+    free the trial's Ray Train workers' resources when the scheduler stops the trial.
+
+    Stopping a trial kills its Ray Train run; the run's placement group would otherwise hold the
+    workers' CPUs until the sweep ends, and the next trial would wait for them forever.
+    """
+    if not runs_ray_train(config):
+        return
+    with open_dict(config):
+        config.trainer.run_callbacks = [
+            *(config.trainer.get("run_callbacks") or []),
+            {"_target_": f"{ReleaseWorkersWithController.__module__}.{ReleaseWorkersWithController.__name__}", "reaper": reaper},
+        ]
 
 
 def trial_resource_request(resources_per_trial: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +266,7 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
         if config.get("num_threads") is None:
             config.num_threads = spec.num_threads  # torch would take every core of the machine
     add_tune_reporting(config)
+    release_workers_when_stopped(config, spec.reaper)
     HydraConfig.instance().set_config(config)
     # A trial the scheduler stops never reaches Hydra's on_job_end, which writes the finished record:
     # the sweeping process completes this one afterwards.
@@ -350,8 +370,10 @@ class RayTuneSweep:
         try:
             check_trial_fits(self.config, self.resources_per_trial, ray.cluster_resources().get("CPU"))
             job_numbers = JobNumbers.remote()
+            reaper_name = f"cvexp-placement-group-reaper-{uuid.uuid4().hex[:8]}"
+            reaper = PlacementGroupReaper.options(name=reaper_name).remote()  # lives while this handle does
             spec = TrialSpec(self.hydra_context, self.task_function, self.config, fixed, Singleton.get_state(), job_numbers,
-                             num_threads=max(1, int(self.resources_per_trial.get("cpu", 1))))  # fmt: skip
+                             reaper_name, num_threads=max(1, int(self.resources_per_trial.get("cpu", 1))))  # fmt: skip
             tuner = tune.Tuner(
                 tune.with_resources(tune.with_parameters(run_trial, spec=spec), trial_resource_request(self.resources_per_trial)),
                 param_space=param_space,
@@ -368,6 +390,9 @@ class RayTuneSweep:
                 ),
             )
             tuner.fit()
+            freed = ray.get(reaper.removed_placement_groups.remote(settle_s=10.0))
+            if freed:
+                log.info("Freed the Ray Train workers' resources of %d stopped trial(s).", len(freed))
             for trial_id, job in ray.get(job_numbers.all.remote()).items():
                 if trial_id in trial_log.trials:
                     trial_log.trials[trial_id].job = job
@@ -399,7 +424,8 @@ class RayTuneSweep:
         if self.search_alg is None:
             from ray.tune.search.basic_variant import BasicVariantGenerator
 
-            return BasicVariantGenerator(random_state=self.search_seed)
+            # Tune applies max_concurrent_trials only to searchers it builds or wraps; this one takes it itself.
+            return BasicVariantGenerator(random_state=self.search_seed, max_concurrent=self.max_concurrent_trials)
         grids = [key for key, value in param_space.items() if isinstance(value, dict) and "grid_search" in value]
         if grids:
             raise ValueError(f"hydra.sweeper.search_space: {', '.join(grids)} is a grid, which search_alg=optuna cannot "

@@ -63,7 +63,7 @@ def _only_run(cfg):
     return client, run
 
 
-def test_two_ray_workers_train_one_mlflow_run_with_local_metric_names(train_config, tmp_path: Path) -> None:
+def test_two_ray_workers_train_one_mlflow_run_with_local_metric_names(train_config, tmp_path: Path, capfd) -> None:
     starts = RecordStarts(tmp_path / "starts.txt")
     cfg = train_config(["trainer=ray", "trainer.num_workers=2", "debug=smoke"])
     summary = run_training(cfg, extra_callbacks=[starts])
@@ -80,6 +80,9 @@ def test_two_ray_workers_train_one_mlflow_run_with_local_metric_names(train_conf
     assert {"train/loss_step", "train/loss_epoch", "val/map", "val/map_50", "val/ap/circle", "test/map_50"} <= set(run.data.metrics)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_step")] == list(range(6))  # not once per worker
     assert any(item.path == "config.yaml" for item in client.list_artifacts(run.info.run_id))
+    # With the dashboard, Ray Train's placement-group cleaner can ask whether the run is alive (without
+    # it, it warns once a second throughout training).
+    assert "State API may be temporarily unavailable" not in capfd.readouterr().err
 
 
 def test_a_killed_ray_worker_resumes_from_the_last_checkpoint(train_config, tmp_path: Path) -> None:
@@ -108,3 +111,58 @@ def test_ray_engine_names_the_field_to_fix(train_config, option: str) -> None:
 
     with pytest.raises(InstantiationException, match=option.split("=")[0]):
         instantiate(train_config(["trainer=ray", option]).trainer)
+
+
+def _free_cpus(ray) -> float:
+    return ray.available_resources().get("CPU", 0.0)
+
+
+def _wait_until(condition, timeout_s: float, what: str) -> float:
+    """Polls ``condition`` every 0.2 s; returns the seconds it took, fails naming ``what`` after ``timeout_s``."""
+    import time
+
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout_s, f"{what}: not after {timeout_s} s"
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def test_the_reaper_frees_the_workers_of_a_ray_train_run_whose_driver_was_killed(tmp_path: Path) -> None:
+    """What a Tune trial stopped by ASHA leaves: its Ray Train run killed, the run's placement group still
+    holding the workers' CPUs. Without the dashboard, Ray's own cleaner cannot see that the run died."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from cvexp.engines.ray_cleanup import PlacementGroupReaper, ReleaseWorkersWithController
+
+    def fit(seconds: float) -> None:
+        def train_loop(config: dict) -> None:
+            import time
+
+            time.sleep(config["seconds"])
+
+        TorchTrainer(train_loop, train_loop_config={"seconds": seconds}, scaling_config=ScalingConfig(num_workers=2),
+                     run_config=RunConfig(storage_path=str(tmp_path), callbacks=[ReleaseWorkersWithController("reaper")])).fit()  # fmt: skip
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        reaper = PlacementGroupReaper.options(name="reaper").remote(check_interval_s=0.2)
+        driver = ray.remote(num_cpus=0)(fit)
+        # A run that ends by itself frees its workers: nothing for the reaper.
+        ray.get(driver.remote(0.0))
+        _wait_until(lambda: _free_cpus(ray) == 2, 10, "the CPUs of a finished run")
+        _wait_until(lambda: ray.get(reaper.watched_placement_groups.remote()) == 0, 10, "the reaper lets go of a finished run")
+
+        # The driver (a trial's actor) killed while its two workers hold both CPUs.
+        trial = ray.remote(num_cpus=0)(type("Trial", (), {"fit": lambda self, seconds: fit(seconds)})).remote()
+        trial.fit.remote(600.0)
+        _wait_until(lambda: _free_cpus(ray) == 0, 120, "the two workers start")
+        _wait_until(lambda: ray.get(reaper.watched_placement_groups.remote()) == 1, 30, "the run registers its placement group")
+        ray.kill(trial)
+        freed_after = _wait_until(lambda: _free_cpus(ray) == 2, 30, "the killed run's CPUs are free again")
+        assert len(ray.get(reaper.removed_placement_groups.remote())) == 1
+        print(f"freed {freed_after:.1f} s after the kill")
+    finally:
+        ray.shutdown()

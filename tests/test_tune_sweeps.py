@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,16 +108,15 @@ def test_an_asha_sweep_stops_bad_trials_early_and_writes_the_best_config(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="sweeper=asha_ray_train can hang on the 2-CPU local cluster after ASHA stops a trial: the next "
-                  "trial's Ray Train workers wait for resources (2 of 6 sweeps hung, Ray 2.60; docs/distributed.md). To run it, "
-                  "remove this mark: pytest tests/test_tune_sweeps.py -k ray_train_workers")  # fmt: skip
 def test_asha_stops_trials_that_train_with_ray_train_workers(tmp_path: Path, shared_data_dir: Path) -> None:
     raylets_before = _raylets()
     # The preset as shipped: one trial at a time, each a Ray Train run of two DDP workers (the two CPUs).
-    # In grid order, 1e-3 sets the first rung; the others trail it there (val/loss of this model also
-    # moves without learning, as batch-norm statistics settle, so the tiny rates are not always last).
+    # In grid order, 1e-3 sets the first rung; the others trail it there. A stopped trial's Ray Train
+    # run is killed with it and leaves its placement group holding both CPUs: the sweep's reaper must
+    # free them, or the next trial waits forever. Without the dashboard, Ray's own cleaner cannot.
     sweep_dir, stdout = _run_asha_sweep(tmp_path, shared_data_dir, "trainer.checkpoint_score_order=min",
-                                        "trainer.limit_train_batches=10", sweeper="asha_ray_train")  # fmt: skip
+                                        "trainer.limit_train_batches=10", "hydra.sweeper.init.include_dashboard=false",
+                                        sweeper="asha_ray_train")  # fmt: skip
 
     epochs = _epochs_reached(sweep_dir)  # reported by the workers, through the trials, to Tune
     assert sorted(epochs) == [1e-7, 1e-6, 3e-4, 1e-3]
@@ -135,6 +136,13 @@ def test_asha_stops_trials_that_train_with_ray_train_workers(tmp_path: Path, sha
     statuses = {run.data.tags["sweep_job"]: run.info.status for run in runs}
     assert {statuses[rows[overrides]["job"]] for overrides in stopped} == {"KILLED"}
     assert statuses[rows["optimizer.lr=0.001"]["job"]] == "FINISHED"
+    # max_concurrent_trials=1: each trial starts after the previous one's last log.
+    runs = sorted(runs, key=lambda run: run.info.start_time)
+    for earlier, later in itertools.pairwise(runs):
+        last_log = max(m.timestamp for key in earlier.data.metrics for m in client.get_metric_history(earlier.info.run_id, key))
+        assert later.info.start_time >= last_log, "trials ran at the same time"
+    freed = re.search(r"Freed the Ray Train workers' resources of (\d+) stopped trial", stdout)
+    assert freed and int(freed.group(1)) == len(stopped), freed
     assert "ranked by val/loss" in stdout
     assert _raylets() <= raylets_before
 

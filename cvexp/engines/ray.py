@@ -198,9 +198,10 @@ class RayEngine:
 
         if ray.is_initialized():
             return False
-        # A bare ray.init() would join whatever local cluster an earlier process left running.
-        options = {"include_dashboard": False, **self.init}
-        ray.init(address=self.address or "local", **options)
+        # A bare ray.init() would join whatever local cluster an earlier process left running. The
+        # dashboard starts as Ray chooses: without it, Ray Train's placement-group cleaner cannot ask
+        # the State API whether the run is alive and warns about it every second.
+        ray.init(address=self.address or "local", **self.init)
         return True
 
     def _logger_for_workers(self) -> Any:

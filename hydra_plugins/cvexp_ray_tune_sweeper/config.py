@@ -35,7 +35,8 @@ class RayTuneSweeperConf:
     # Ray resources each trial reserves; a trial sets its torch threads to `cpu` unless `num_threads` is set.
     resources_per_trial: dict[str, float] = field(default_factory=lambda: {"cpu": 1})
     # ray.init arguments. local: a fresh local cluster, stopped at the end; auto: the cluster this machine is part of.
-    init: dict[str, Any] = field(default_factory=lambda: {"address": "local", "num_cpus": None, "include_dashboard": False})
+    # include_dashboard null: Ray's choice (started when installed); Ray Train's clean-up of stopped runs asks it.
+    init: dict[str, Any] = field(default_factory=lambda: {"address": "local", "num_cpus": None, "include_dashboard": None})
     # Where Ray Tune writes its experiment state (null: <sweep dir>/tune).
     storage_path: str | None = None
 
