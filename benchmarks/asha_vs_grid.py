@@ -8,9 +8,11 @@ trials apart even where a model's mAP is still 0 after a few short epochs; ``--m
 max`` for a model that learns fast enough). "Within 5 %" compares the two bests as a ratio.
 
     python benchmarks/asha_vs_grid.py [--epochs 6] [--train-batches 20] [--lrs 1e-3 3e-4 1e-5 1e-7]
-        [--grace-period 1] [--reduction-factor 2] [overrides ...]
+        [--grace-period 1] [--reduction-factor 2] [--sweeper asha_ray_train] [overrides ...]
 
-Writes the table into docs/benchmarks.md between the asha-vs-grid markers.
+``--sweeper asha_ray_train`` makes every trial a Ray Train run (its preset: one trial at a time, two
+DDP workers of one CPU each), for both sweeps. Writes the table into docs/benchmarks.md between the
+asha-vs-grid (or asha-ray-train-vs-grid) markers.
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ from benchmarks.report import replace_section  # noqa: E402
 def run_sweep(root: Path, data_dir: Path, scheduler: str, args: argparse.Namespace) -> tuple[float, dict[str, str], int]:
     """One sweep in a subprocess; returns (wall seconds, the best row of its ranking, trials stopped early)."""
     values = ", ".join(str(lr) for lr in args.lrs)
-    command = [sys.executable, "-m", "cvexp.train", "-m", "sweeper=asha", f"paths.data_dir={data_dir}",
+    command = [sys.executable, "-m", "cvexp.train", "-m", f"sweeper={args.sweeper}", f"paths.data_dir={data_dir}",
                f"trainer.max_epochs={args.epochs}", "trainer.check_val_every_n_epoch=1", f"+trainer.limit_train_batches={args.train_batches}",
                "+trainer.limit_val_batches=4", "trainer.num_sanity_val_steps=0", "scheduler.num_warmup_steps=5",
                "report=none", "test_after_fit=false", f"optimized_metric={args.metric}", f"callbacks.model_checkpoint.mode={args.mode}",
                f"hydra.callbacks.sweep_summary.mode={args.mode}", "hydra.sweeper.num_samples=1", f"hydra.sweeper.scheduler.grace_period={args.grace_period}",
                f"hydra.sweeper.scheduler.reduction_factor={args.reduction_factor}",
                f"hydra.sweeper.scheduler.type={scheduler}", f"hydra.sweeper.max_concurrent_trials={args.concurrency}",
-               f"hydra.sweeper.init.num_cpus={args.concurrency}", f"++hydra.sweeper.search_space={{optimizer.lr: {{type: grid, values: [{values}]}}}}",
+               f"hydra.sweeper.init.num_cpus={args.concurrency * args.cpus_per_trial}", f"++hydra.sweeper.search_space={{optimizer.lr: {{type: grid, values: [{values}]}}}}",
                *args.overrides]  # fmt: skip
     env = {**os.environ, "CVEXP_ROOT": str(root), "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
@@ -64,8 +66,14 @@ def main() -> None:
     parser.add_argument("--mode", default="min", choices=["min", "max"])
     parser.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
     parser.add_argument("--reduction-factor", type=int, default=2, help="ASHA: 1/this of the trials go on at each rung")
+    parser.add_argument("--sweeper", default="asha", choices=["asha", "asha_ray_train"],
+                        help="asha_ray_train: each trial a Ray Train run of trainer.num_workers (2) one-CPU workers")
     parser.add_argument("overrides", nargs="*", help="further cvexp.train overrides, e.g. model=detr")
     args = parser.parse_args()
+    if args.sweeper == "asha_ray_train":
+        args.concurrency, args.cpus_per_trial = 1, 2  # the preset: one trial at a time, its two workers on the two CPUs
+    else:
+        args.cpus_per_trial = 1
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "datasets"
@@ -79,16 +87,18 @@ def main() -> None:
     grid_value, asha_value = float(grid_best[args.metric]), float(asha_best[args.metric])
     body = "\n".join([
         f"{len(args.lrs)} trials (`optimizer.lr` in {', '.join(map(str, args.lrs))}), {args.epochs} epochs of "
-        f"{args.train_batches} batches each, {args.concurrency} at once (1 CPU each), metric `{args.metric}` ({args.mode}). "
+        f"{args.train_batches} batches each, {args.concurrency} at once ({args.cpus_per_trial} CPU each"
+        f"{', as a Ray Train run of 2 workers' if args.sweeper == 'asha_ray_train' else ''}), metric `{args.metric}` ({args.mode}). "
         f"Extra overrides: {' '.join(args.overrides) or 'none'}.",
         "",
         f"| sweep | wall time (s) | trials stopped early | best trial | best {args.metric} |",
         "|---|---|---|---|---|",
         f"| grid (every trial to the end, `scheduler.type=fifo`) | {grid_s:.1f} | 0 | `{grid_best['overrides']}` | {grid_value:.4f} |",
-        f"| ASHA (`sweeper=asha`, grace period {args.grace_period}, reduction factor {args.reduction_factor}) | {asha_s:.1f} | {stopped} | `{asha_best['overrides']}` | {asha_value:.4f} |",
+        f"| ASHA (`sweeper={args.sweeper}`, grace period {args.grace_period}, reduction factor {args.reduction_factor}) | {asha_s:.1f} | {stopped} | `{asha_best['overrides']}` | {asha_value:.4f} |",
         f"| **ASHA / grid** | **{asha_s / grid_s:.2f}** (goal ≤ 0.5) | | | **{asha_value / grid_value:.3f}** (goal within 5 %) |",
     ])  # fmt: skip
-    replace_section(REPO / "docs" / "benchmarks.md", "asha-vs-grid", body)
+    section = "asha-vs-grid" if args.sweeper == "asha" else "asha-ray-train-vs-grid"
+    replace_section(REPO / "docs" / "benchmarks.md", section, body)
     print(body)
 
 
