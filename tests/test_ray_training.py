@@ -104,6 +104,29 @@ def test_a_killed_ray_worker_resumes_from_the_last_checkpoint(train_config, tmp_
     assert run.info.status == "FINISHED" and "val/map" in run.data.metrics
 
 
+def test_ray_workers_are_seeded_so_a_run_repeats(train_config, tmp_path: Path) -> None:
+    """The same seed, the same losses: the workers seed themselves (augmentation, the models' random
+    queries), as the driver does for local training."""
+    import ray
+
+    def losses(name: str) -> list[float]:
+        cfg = train_config(["trainer=ray", "trainer.num_workers=2", "debug=smoke", "test_after_fit=false", "seed=7",
+                            f"logger.experiment_name={name}"])  # fmt: skip
+        run_training(cfg)
+        client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+        (run,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss_step"), key=lambda m: m.step)]
+
+    ray.init(address="local", num_cpus=2)  # one cluster for both runs (RayEngine uses it)
+    try:
+        first, again = losses("first"), losses("again")
+    finally:
+        ray.shutdown()
+    # Unseeded workers (the driver seeded, so the same initial weights) gave different losses here:
+    # the augmentation draws from the workers' own generators.
+    assert len(first) == 6 and first == again
+
+
 @pytest.mark.parametrize("option", ["trainer.devices=2", "trainer.accelerator=gpu", "trainer.num_workers=0"])
 def test_ray_engine_names_the_field_to_fix(train_config, option: str) -> None:
     from hydra.errors import InstantiationException

@@ -56,6 +56,9 @@ class RayEngine:
         run_callbacks: Ray Train callbacks (``ray.train.UserCallback``) of the run, in the driver;
             a Ray Tune sweep adds one that passes the workers' reports on to Tune
             (:class:`cvexp.tuning.TrainReportToTune`).
+        seed: each worker seeds its generators with it before fitting (``${seed}``), as the driver
+            does for local training: augmentation, dropout and the models' random queries then repeat
+            from run to run; ``None`` leaves the workers unseeded.
         find_unused_parameters: let DDP find parameters that get no gradient in a step. Needed when
             a model has such parameters (Hugging Face's two-stage Deformable DETR computes no loss
             for its encoder proposal head); ``False`` saves a graph walk per step otherwise.
@@ -83,6 +86,7 @@ class RayEngine:
         checkpoint_score_order: str = "max",
         max_failures: int = 1,
         run_callbacks: list[Any] | None = None,
+        seed: int | None = None,
         find_unused_parameters: bool = True,
         precision: str = "auto",
         accelerator: str = "auto",
@@ -115,6 +119,7 @@ class RayEngine:
         self.checkpoint_score_order = checkpoint_score_order
         self.max_failures = max_failures
         self.run_callbacks = list(run_callbacks or [])
+        self.seed = seed
         self.find_unused_parameters = find_unused_parameters
         self.precision = precision
         self.trainer_options = trainer_options
@@ -141,6 +146,7 @@ class RayEngine:
                     "use_gpu": self.use_gpu,
                     "cpus_per_worker": self.cpus_per_worker,
                     "find_unused_parameters": self.find_unused_parameters,
+                    "seed": self.seed,
                     "ckpt_path": ckpt_path,
                 },
                 scaling_config=ScalingConfig(num_workers=self.num_workers, use_gpu=self.use_gpu, resources_per_worker=resources),
@@ -261,6 +267,10 @@ def _train_worker(config: dict[str, Any]) -> None:
     # Each worker computes with the CPUs it reserved: workers sharing a machine would otherwise each
     # start a thread per core and oversubscribe it.
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    if config["seed"] is not None:
+        # Every rank the same seed, as Lightning seeds DDP processes; the samplers still give each
+        # rank its own share of the data, and workers=True derives distinct DataLoader worker seeds.
+        L.seed_everything(int(config["seed"]), workers=True, verbose=False)
     # The COCO metrics are already gathered from every rank before they are logged (DetectionModule),
     # so Lightning's advice to sync them once more is noise, repeated per metric and per worker.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
