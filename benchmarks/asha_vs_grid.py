@@ -53,6 +53,8 @@ def run_sweep(root: Path, data_dir: Path, scheduler: str, args: argparse.Namespa
     (sweep_dir,) = (root / "outputs" / "multiruns" / "train").iterdir()
     with (sweep_dir / "sweep_results.csv").open() as file:
         rows = list(csv.DictReader(file))
+    for row in rows:
+        print(f"  {scheduler}: {row['overrides']} {row['status']} {args.metric} {row[args.metric]}")
     return seconds, rows[0], sum(row["status"] == "STOPPED" for row in rows)
 
 
