@@ -22,6 +22,7 @@ from cvexp.tuning import (
     add_tune_reporting,
     build_search_space,
     check_trial_fits,
+    release_workers_when_stopped,
     split_arguments,
     trial_overrides,
     trial_resource_request,
@@ -168,6 +169,12 @@ def test_trials_report_to_tune_from_lightning_or_from_their_ray_train_run() -> N
     distributed = OmegaConf.create({"trainer": {"_target_": "cvexp.engines.ray.RayEngine"}, "callbacks": {}})
     add_tune_reporting(distributed)
     assert distributed.callbacks == {} and distributed.trainer.run_callbacks == [{"_target_": "cvexp.tuning.TrainReportToTune"}]
+    # A Ray Train trial also registers its workers' placement group with the sweep's reaper.
+    release_workers_when_stopped(distributed, "the-reaper")
+    assert distributed.trainer.run_callbacks[-1] == {"_target_": "cvexp.engines.ray_cleanup.ReleaseWorkersWithController",
+                                                     "reaper": "the-reaper"}  # fmt: skip
+    release_workers_when_stopped(local, "the-reaper")
+    assert "run_callbacks" not in local.trainer
 
 
 def test_search_space_entries_and_command_line_sweeps_become_tune_domains() -> None:
