@@ -189,13 +189,10 @@ def add_tune_reporting(config: DictConfig) -> None:
     ``trainer=ray`` the metrics are computed in the Ray Train workers, whose reports the run's driver
     passes on to Tune (:class:`TrainReportToTune`).
     """
+    if runs_ray_train(config):
+        _add_run_callback(config, {"_target_": f"{__name__}.TrainReportToTune"})
+        return
     with open_dict(config):
-        if runs_ray_train(config):
-            config.trainer.run_callbacks = [
-                *(config.trainer.get("run_callbacks") or []),
-                {"_target_": f"{__name__}.TrainReportToTune"},
-            ]
-            return
         if config.get("callbacks") is None:
             config.callbacks = {}
         config.callbacks.tune_report = {"_target_": f"{__name__}.TuneReportCallback"}
@@ -208,13 +205,15 @@ def release_workers_when_stopped(config: DictConfig, reaper: str) -> None:
     Stopping a trial kills its Ray Train run; the run's placement group would otherwise hold the
     workers' CPUs until the sweep ends, and the next trial would wait for them forever.
     """
-    if not runs_ray_train(config):
-        return
+    if runs_ray_train(config):
+        target = f"{ReleaseWorkersWithController.__module__}.{ReleaseWorkersWithController.__name__}"
+        _add_run_callback(config, {"_target_": target, "reaper": reaper})
+
+
+def _add_run_callback(config: DictConfig, callback: dict[str, Any]) -> None:
+    """Appends a Ray Train run callback (a ``_target_`` node) to ``trainer.run_callbacks``."""
     with open_dict(config):
-        config.trainer.run_callbacks = [
-            *(config.trainer.get("run_callbacks") or []),
-            {"_target_": f"{ReleaseWorkersWithController.__module__}.{ReleaseWorkersWithController.__name__}", "reaper": reaper},
-        ]
+        config.trainer.run_callbacks = [*(config.trainer.get("run_callbacks") or []), callback]
 
 
 def trial_resource_request(resources_per_trial: dict[str, Any]) -> dict[str, Any]:

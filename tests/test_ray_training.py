@@ -113,8 +113,7 @@ def test_ray_workers_are_seeded_so_a_run_repeats(train_config, tmp_path: Path) -
         cfg = train_config(["trainer=ray", "trainer.num_workers=2", "debug=smoke", "test_after_fit=false", "seed=7",
                             f"logger.experiment_name={name}"])  # fmt: skip
         run_training(cfg)
-        client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
-        (run,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        client, run = _only_run(cfg)
         return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss_step"), key=lambda m: m.step)]
 
     ray.init(address="local", num_cpus=2)  # one cluster for both runs (RayEngine uses it)
