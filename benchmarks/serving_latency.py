@@ -1,13 +1,13 @@
 """Serving latency: ``mlflow models serve`` over HTTP against the same pyfunc model in-process.
 
-Exports a checkpoint (default: the newest ``outputs/runs/train/*/checkpoints/last.ckpt``) as the
-pyfunc model ``cvexp.register`` logs (saved to a temporary folder, no registry), serves it on
+Wraps a model artifact (default: the newest ``outputs/runs/train/*/model``) in the pyfunc model
+``cvexp.register`` logs (saved to a temporary folder, no registry), serves it on
 127.0.0.1 with ``--env-manager local``, and times requests of 1 and of 8 base64 images of the
 shapes test split: over HTTP (JSON encoding, the scoring server, the model) and in-process
 (``PyFuncModel.predict`` on the same DataFrame). A bounded number of requests after a few warm-up
 ones. Writes its table into docs/benchmarks.md (section ``serving-latency``).
 
-    python benchmarks/serving_latency.py [--ckpt PATH] [--requests 40] [--no-write]
+    python benchmarks/serving_latency.py [--model PATH] [--requests 40] [--no-write]
 """
 
 from __future__ import annotations
@@ -25,19 +25,18 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks.report import replace_section  # noqa: E402
-from cvexp.deployment.detector import export_huggingface  # noqa: E402
-from cvexp.deployment.pyfunc import EXPORT_ARTIFACT, IMAGE_COLUMN, encode_image_file, pyfunc_model_arguments  # noqa: E402
+from cvexp.deployment.pyfunc import IMAGE_COLUMN, encode_image_file, pyfunc_model_arguments  # noqa: E402
 from cvexp.deployment.serving import mlflow_model_server  # noqa: E402
-from cvexp.evaluation.checkpoint import load_trained_detector  # noqa: E402
+from cvexp.inference.predictor import Predictor  # noqa: E402
 
 WARMUP = 3
 
 
-def newest_checkpoint() -> Path:
-    found = sorted((REPO / "outputs" / "runs" / "train").glob("*/checkpoints/last.ckpt"))
+def newest_artifact() -> Path:
+    found = sorted((REPO / "outputs" / "runs" / "train").glob("*/model/cvexp.json"))
     if not found:
-        raise SystemExit("no checkpoint under outputs/runs/train/: run `python -m cvexp.train debug=smoke` or pass --ckpt PATH.")
-    return found[-1]
+        raise SystemExit("no model artifact under outputs/runs/train/: run `python -m cvexp.train debug=smoke` or pass --model PATH.")
+    return found[-1].parent
 
 
 def percentiles(seconds: list[float], images: int) -> tuple[float, float, float]:
@@ -59,7 +58,7 @@ def timed(call, count: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", type=Path, default=None, help="a cvexp.train checkpoint (default: the newest last.ckpt)")
+    parser.add_argument("--model", type=Path, default=None, help="a model artifact, <run dir>/model (default: the newest)")
     parser.add_argument("--images", type=Path, default=REPO / "outputs" / "datasets" / "shapes" / "test", help="a folder of images")
     parser.add_argument("--requests", type=int, default=40, help="timed requests per row (after 3 warm-up ones)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
@@ -67,17 +66,16 @@ def main() -> None:
 
     import mlflow.pyfunc
 
-    ckpt = args.ckpt or newest_checkpoint()
+    artifact = args.model or newest_artifact()
     paths = sorted(args.images.glob("*.png"))[:8]
     if len(paths) < 8:
         raise SystemExit(f"--images {args.images}: fewer than 8 PNG images (the shapes data is written by the first cvexp.train run).")
-    detector = load_trained_detector(ckpt, device="cpu")
+    predictor = Predictor.load(artifact, device="cpu")
     encoded = [encode_image_file(p) for p in paths]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        export_dir = export_huggingface(detector, Path(tmp) / EXPORT_ARTIFACT)
-        model_dir = Path(tmp) / "model"
-        mlflow.pyfunc.save_model(str(model_dir), **pyfunc_model_arguments(detector, export_dir, paths[0], 0.5))
+        model_dir = Path(tmp) / "pyfunc"
+        mlflow.pyfunc.save_model(str(model_dir), **pyfunc_model_arguments(predictor, artifact, paths[0], 0.5))
         in_process = mlflow.pyfunc.load_model(str(model_dir))
         with mlflow_model_server(str(model_dir)) as url, requests.Session() as session:
             for batch in (1, 8):
@@ -91,8 +89,8 @@ def main() -> None:
                 rows.append(("HTTP (mlflow models serve)", batch, *percentiles(timed(over_http, args.requests), batch)))
                 rows.append(("in-process (PyFuncModel.predict)", batch, *percentiles(timed(lambda f=frame: in_process.predict(f), args.requests), batch)))
 
-    lines = [f"Checkpoint: `{ckpt.relative_to(REPO) if ckpt.is_relative_to(REPO) else ckpt}` ({detector.config.model.model_class.split('.')[-1]}, "
-             f"{detector.image_size}-pixel images), {args.requests} timed requests per row after {WARMUP} warm-up ones; "
+    lines = [f"Model: `{artifact.relative_to(REPO) if artifact.is_relative_to(REPO) else artifact}` ({predictor.metadata.model_class.split('.')[-1]}, "
+             f"{predictor.image_size}-pixel images), {args.requests} timed requests per row after {WARMUP} warm-up ones; "
              "the server runs one uvicorn worker on the same machine.", "",
              "| path | images per request | p50 ms per request | p95 ms per request | p50 ms per image |", "|---|---:|---:|---:|---:|"]  # fmt: skip
     lines += [f"| {name} | {batch} | {p50:.1f} | {p95:.1f} | {per_image:.1f} |" for name, batch, p50, p95, per_image in rows]

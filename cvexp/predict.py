@@ -1,6 +1,6 @@
-"""Detect objects in images: ``python -m cvexp.predict ckpt_path=<.ckpt> inputs=<folder | glob | COCO split>``.
+"""Detect objects in images: ``python -m cvexp.predict ckpt_path=<run dir>/model inputs=<folder | glob | COCO split>``.
 
-Thin entry point: compose the config, then hand it to :func:`cvexp.evaluation.predictor.run_prediction`.
+Thin entry point: compose the config, then hand it to :func:`cvexp.inference.prediction.run_prediction`.
 The heavy imports happen inside the task, so ``--help`` stays fast.
 """
 
@@ -9,12 +9,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from cvexp.errors import exits_on_user_error
 from cvexp.paths import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
+@exits_on_user_error
 def main(cfg: DictConfig) -> None:
-    from cvexp.evaluation.predictor import run_prediction
+    from cvexp.inference.prediction import run_prediction
 
     run_prediction(cfg)
 

@@ -5,6 +5,7 @@ Importable and testable without Hydra's command line; :mod:`cvexp.train` is its 
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,15 +14,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from cvexp.artifact import ARTIFACT_DIR, ModelMetadata, load_checkpoint, public_model_class_name, save_artifact
 from cvexp.data import DetectionCollator
+from cvexp.engines.local import FitResult
+from cvexp.errors import instantiate
 from cvexp.evaluation.evaluator import dataset_image_loader, report_options, write_report
 from cvexp.evaluation.report import metrics_table, print_table
 from cvexp.models.detection_module import DetectionModule
-from cvexp.tracking.mlflow import log_run_config, ui_command
+from cvexp.tracking.mlflow import WEIGHTS_TAG, log_run_config, ui_command
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class TrainingSummary:
     test_metrics: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
     mlflow_run_id: str | None = None
+    artifact_dir: Path | None = None  # the model artifact, <run dir>/model (cvexp.artifact)
 
 
 class _DropLightningTips(logging.Filter):
@@ -78,13 +82,24 @@ def build_training(cfg: DictConfig) -> tuple[DetectionModule, Any]:
     adapter = instantiate(cfg.adapter, label_map=label_map)
     detector = instantiate(cfg.model, label_map=label_map)
     datamodule.collate_fn = DetectionCollator(detector.image_processor, adapter, image_size=datamodule.image_size)
+    metadata = ModelMetadata(
+        task=adapter.task,
+        model_class=public_model_class_name(detector.model),
+        adapter=OmegaConf.to_container(cfg.adapter, resolve=True),
+        categories=list(label_map.categories),
+        image_size=datamodule.image_size,
+        weights=detector.weights,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
     module = DetectionModule(
         model=detector.model,
         adapter=adapter,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         backbone_lr_scale=cfg.get("backbone_lr_scale", 1.0),
-        run_config=OmegaConf.to_container(cfg, resolve=True),
+        backbone_modules=detector.backbone_modules,
+        image_processor=detector.image_processor,
+        metadata=metadata,
     )
     return module, datamodule
 
@@ -106,7 +121,8 @@ def run_training(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = Non
     engine = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     output_dir = Path(cfg.paths.output_dir)
     if logger:
-        log_run_config(logger, cfg, output_dir)
+        log_run_config(logger, cfg, output_dir, tags={WEIGHTS_TAG: module.metadata.weights.tag()})
+        module.metadata.mlflow_run_id = getattr(logger, "run_id", None)  # checkpoints and the artifact name their run
 
     started = time.perf_counter()
     fit = engine.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -127,8 +143,34 @@ def run_training(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = Non
         train_seconds=train_seconds,
         mlflow_run_id=getattr(logger, "run_id", None) if logger else None,
     )
+    summary.artifact_dir = write_model_artifact(fit, module, test_metrics, summary.mlflow_run_id, output_dir / ARTIFACT_DIR)
+    if logger and summary.mlflow_run_id and summary.artifact_dir:
+        logger.experiment.log_artifacts(summary.mlflow_run_id, str(summary.artifact_dir), artifact_path=ARTIFACT_DIR)
     report(summary, cfg, logger, module, datamodule)
     return summary
+
+
+def write_model_artifact(fit: FitResult, module: DetectionModule, test_metrics: dict[str, float], mlflow_run_id: str | None,
+                         output_dir: Path) -> Path | None:  # fmt: skip
+    """Writes the run's model artifact (:mod:`cvexp.artifact`) for its best checkpoint, with that checkpoint's metrics.
+
+    The model is rebuilt from the checkpoint as every consumer rebuilds it, so a run whose
+    artifact is written has shown that its checkpoint loads. Without a checkpoint, a local run
+    writes the model it ends with; a Ray run, whose driver holds no trained model, writes none.
+    """
+    checkpoint = fit.best_model_path or (fit.trainer.checkpoint_callback.last_model_path if fit.trainer and fit.trainer.checkpoint_callback else None)
+    if checkpoint:
+        loaded = load_checkpoint(Path(checkpoint))
+        model, image_processor, metadata = loaded.model, loaded.image_processor, loaded.metadata
+    elif fit.trainer is not None:
+        model, image_processor, metadata = module.model, module.image_processor, copy.copy(module.metadata)
+    else:
+        log.warning("No checkpoint came back from the training workers: no model artifact is written.")
+        return None
+    if test_metrics:
+        metadata.metrics = {**metadata.metrics, "test": dict(test_metrics)}
+    metadata.mlflow_run_id = mlflow_run_id
+    return save_artifact(model, image_processor, metadata, output_dir)
 
 
 def _stage_metrics(metrics: dict[str, float], stage: str) -> dict[str, float]:
@@ -151,6 +193,7 @@ def report(summary: TrainingSummary, cfg: DictConfig, logger: Any, module: Detec
     lines = [
         f"best {summary.optimized_metric}: {best}",
         f"best checkpoint: {summary.best_model_path or '-'}",
+        f"model artifact: {summary.artifact_dir or '-'}",
         f"run directory: {cfg.paths.output_dir}",
     ]
     # Each process of a multi-process test holds only its share of the detections: the report

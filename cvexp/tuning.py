@@ -436,7 +436,7 @@ class RayTuneSweep:
     def _prepare_data(self) -> None:
         # Lightning's prepare_data runs once per machine: here, before the trials, rather than in
         # trials that would write the same generated dataset at the same time.
-        from hydra.utils import instantiate
+        from cvexp.errors import instantiate
 
         if self.config.get("data") is not None:
             instantiate(self.config.data).prepare_data()

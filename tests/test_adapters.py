@@ -122,19 +122,23 @@ RT_DETR_FAMILY = ["rt_detr", "rt_detr_v2", "d_fine"]
 FINAL_LAYER_PARTS = {"loss_vfl", "loss_bbox", "loss_giou"}
 
 
-@pytest.fixture(scope="module", params=RT_DETR_FAMILY)
-def rt_detr_family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any, OutputAdapter]:
+def _model_and_adapter(option: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any, OutputAdapter]:
     """(model option, Detector, adapter) built from conf/model/<option>.yaml with random weights."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
     from tests.conftest import compose_train_config
 
-    root = tmp_path_factory.mktemp(request.param)
-    cfg = compose_train_config(root, root, [f"model={request.param}"])
+    root = tmp_path_factory.mktemp(option)
+    cfg = compose_train_config(root, root, [f"model={option}"])
     GlobalHydra.instance().clear()
     torch.manual_seed(0)
-    return request.param, instantiate(cfg.model, label_map=LABEL_MAP), instantiate(cfg.adapter, label_map=LABEL_MAP)
+    return option, instantiate(cfg.model, label_map=LABEL_MAP), instantiate(cfg.adapter, label_map=LABEL_MAP)
+
+
+@pytest.fixture(scope="module", params=RT_DETR_FAMILY)
+def rt_detr_family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any, OutputAdapter]:
+    return _model_and_adapter(request.param, tmp_path_factory)
 
 
 def _samples() -> list[DetectionSample]:
@@ -221,3 +225,127 @@ def test_rt_detr_family_trains_on_denoising_queries_built_from_the_labels(rt_det
         outputs = module(batch)  # as validation_step calls it: the labels give val/loss only
     assert outputs.denoising_meta_values is None and outputs.logits.shape[1] == num_queries
     assert outputs.loss is not None and not any("_dn_" in name for name in outputs.loss_dict)
+
+
+# --- The padded families (DETR, Conditional, Deformable, DAB-DETR, YOLOS): real tiny models from their YAML ---
+
+
+def _model_options() -> list[str]:
+    from cvexp.paths import CONFIG_DIR
+
+    return sorted(path.stem for path in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+
+
+def _padded_options() -> list[str]:
+    """The model options whose image processor keeps the aspect ratio, so that a batch is padded."""
+    import tempfile
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_train_config
+
+    options = []
+    with tempfile.TemporaryDirectory() as root:
+        for option in _model_options():
+            cfg = compose_train_config(Path(root), Path(root), [f"model={option}"])
+            GlobalHydra.instance().clear()
+            if set(processor_size(instantiate(cfg.model.image_processor), 96)) == {"shortest_edge", "longest_edge"}:
+                options.append(option)
+    return options
+
+
+PADDED_FAMILY = _padded_options()
+
+
+def test_every_model_option_is_either_padded_or_stretched() -> None:
+    # The discovery must neither come up empty nor miss an option: together with the RT-DETR family
+    # (tested above) the padded options are every model in conf/model/.
+    assert {"detr", "conditional_detr", "deformable_detr", "dab_detr", "yolos"} <= set(PADDED_FAMILY)
+    assert not set(PADDED_FAMILY) & set(RT_DETR_FAMILY)
+    assert set(PADDED_FAMILY) | set(RT_DETR_FAMILY) == set(_model_options())
+
+
+@pytest.fixture(scope="module", params=PADDED_FAMILY)
+def padded_family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any, OutputAdapter]:
+    return _model_and_adapter(request.param, tmp_path_factory)
+
+
+def _padded_samples() -> list[DetectionSample]:
+    """Three images of clearly different non-square shapes and aspect ratios (wide, tall, wide again)."""
+    generator = np.random.default_rng(1)
+    shapes = [(60, 120), (96, 80), (50, 70)]
+    return [DetectionSample(generator.integers(0, 256, (height, width, 3), dtype=np.uint8), target([], [], size=(height, width), image_id=10 + i))
+            for i, (height, width) in enumerate(shapes)]  # fmt: skip
+
+
+def _spread(outputs: Any) -> Any:
+    """The model's outputs with queries made distinct.
+
+    A tiny model from random weights gives every query nearly (YOLOS: exactly) the same scores and
+    a centred box of about 0.5 x 0.5, so a comparison on its outputs alone would miss a permutation of
+    the queries or swapped box sides. The post-processing sees the same output type, with random
+    logits and boxes of every shape added on.
+    """
+    generator = torch.Generator().manual_seed(0)
+    logits = outputs.logits + 2 * torch.randn(outputs.logits.shape, generator=generator)
+    pred_boxes = (outputs.pred_boxes.logit() + torch.randn(outputs.pred_boxes.shape, generator=generator)).sigmoid()
+    return type(outputs)(**{**outputs, "logits": logits, "pred_boxes": pred_boxes})
+
+
+def _assert_same_detections(detection: Any, expected: dict[str, torch.Tensor]) -> None:
+    """cvexp's Detections (best first, xywh, dataset ids) == transformers' result (corner boxes, contiguous labels), as matched sets."""
+    x0, y0, x1, y1 = expected["boxes"].unbind(-1)
+    expected_boxes = torch.stack([x0, y0, x1 - x0, y1 - y0], -1)
+    expected_ids = LABEL_MAP.to_category_ids(expected["labels"])
+    assert len(detection.scores) == len(expected["scores"]) == len(detection.category_ids) == len(detection.boxes)
+    assert torch.all(detection.scores[:-1] >= detection.scores[1:])  # cvexp reports the best first
+    # transformers keeps the query order (softmax family) or the top-k order (sigmoid family), cvexp
+    # sorts by score: compare the sorted scores, then pair every detection, best first, with the best
+    # still unpaired one of transformers' of the same score, class and box (scores may tie).
+    order = expected["scores"].argsort(descending=True, stable=True)
+    assert torch.allclose(detection.scores, expected["scores"][order], atol=1e-6)
+    unpaired = order.tolist()
+    for score, category_id, box in zip(detection.scores, detection.category_ids, detection.boxes, strict=True):
+        pair = next((j for j in unpaired if abs(float(score - expected["scores"][j])) <= 1e-6 and int(category_id) == int(expected_ids[j])
+                     and torch.allclose(box, expected_boxes[j], atol=1e-4)), None)  # fmt: skip
+        assert pair is not None, f"transformers has no detection of score {float(score)}, category {int(category_id)}, box {box.tolist()}"
+        unpaired.remove(pair)
+
+
+def test_padded_family_predictions_match_transformers_post_processing(padded_family: tuple[str, Any, OutputAdapter]) -> None:
+    import inspect
+
+    option, detector, adapter = padded_family
+    samples = _padded_samples()
+    targets = [s.target for s in samples]
+    batch = DetectionCollator(detector.image_processor, adapter, image_size=96)(samples)
+    # Aspect kept, longer side 96, then padded to the batch's largest: every image here is padded.
+    assert batch["pixel_values"].shape == (3, 3, 96, 96)
+    assert (batch["pixel_mask"] == 0).flatten(1).any(1).all(), "every image should have padding"
+    assert all(t.size != (96, 96) for t in targets)  # original sizes, not the input's
+    model = detector.model.eval()
+    with torch.no_grad():
+        outputs = model(**adapter.model_inputs(batch, with_labels=False))
+    post_process = detector.image_processor.post_process_object_detection
+    sizes = [t.size for t in targets]  # (height, width), as both expect
+    num_queries, num_classes = outputs.logits.shape[1], len(LABEL_MAP.categories)
+    for model_outputs in (outputs, _spread(outputs)):
+        if isinstance(adapter, SigmoidDetrAdapter):
+            assert "top_k" in inspect.signature(post_process).parameters
+            assert outputs.logits.shape[-1] == num_classes  # no no-object class
+            # Also a top_k below queries x classes (20 x 3 here), so that the top-k really selects.
+            adapters = [adapter, SigmoidDetrAdapter(LABEL_MAP, adapter.pass_pixel_mask, top_k=7)]
+            cases = [(a, post_process(model_outputs, threshold=0.0, target_sizes=sizes, top_k=a.top_k), min(a.top_k, num_queries * num_classes))
+                     for a in adapters]  # fmt: skip
+        else:
+            assert type(adapter) is DetrAdapter and outputs.logits.shape[-1] == num_classes + 1  # the no-object class last
+            # At threshold 0 transformers keeps every query (softmax scores are > 0), as cvexp does.
+            cases = [(adapter, post_process(model_outputs, threshold=0.0, target_sizes=sizes), num_queries)]
+        for case_adapter, reference, expected_count in cases:
+            detections = case_adapter.format_predictions(model_outputs, targets)
+            for detection, expected, sample in zip(detections, reference, samples, strict=True):
+                assert detection.image_id == sample.target.image_id
+                assert len(detection.scores) == expected_count, option
+                assert set(detection.category_ids.tolist()) <= {3, 7, 11}  # the dataset's ids
+                _assert_same_detections(detection, expected)

@@ -16,11 +16,10 @@ import requests
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from cvexp.deployment.detector import detect_images, detection_records
-from cvexp.deployment.pyfunc import encode_image_file
+from cvexp.deployment.pyfunc import detection_records, encode_image_file
 from cvexp.deployment.registry import CHALLENGER, CHAMPION, METRIC_VALUE_TAG, decide_promotion, run_registration
 from cvexp.deployment.serving import mlflow_model_server
-from cvexp.evaluation.checkpoint import load_trained_detector
+from cvexp.inference.predictor import Predictor
 from cvexp.monitoring.drift import population_stability_index, run_monitoring
 from cvexp.paths import CONFIG_DIR
 from cvexp.training import run_training
@@ -50,7 +49,7 @@ def _register(root: Path, data_dir: Path, tmp_path: Path, overrides: list[str]):
 @pytest.fixture(scope="module")
 def registered(trained, tmp_path_factory: pytest.TempPathFactory):
     root, data_dir, summary = trained
-    return _register(root, data_dir, tmp_path_factory.mktemp("register"), [f"ckpt_path={summary.best_model_path}"])
+    return _register(root, data_dir, tmp_path_factory.mktemp("register"), [f"ckpt_path={summary.artifact_dir}"])
 
 
 def _tracking_uri(root: Path) -> str:
@@ -95,24 +94,45 @@ def test_registration_sets_aliases_and_keeps_a_better_champion(trained, register
     assert first.champion and first.reason == "there is no champion yet"
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == first.version
     assert first.metric_name == "val/map" and 0.0 <= first.metric_value <= 1.0
-    # The champion now claims a perfect score, so a new version (its metric read from the training
-    # run) cannot beat it: it becomes the challenger only.
-    client.set_model_version_tag(MODEL_NAME, first.version, METRIC_VALUE_TAG, "1.0")
-    second = _register(root, data_dir, tmp_path, [f"ckpt_path={summary.best_model_path}", f"run_id={summary.mlflow_run_id}"])
+    assert first.artifact_dir == summary.artifact_dir  # the training's artifact is logged as it is
+    # The same model again, from its checkpoint: evaluated with the champion on the same split in the same call, it ties,
+    # so it becomes the challenger only.
+    second = _register(root, data_dir, tmp_path, [f"ckpt_path={summary.best_model_path}"])
+    assert second.champion_value == second.metric_value == first.metric_value
     assert not second.champion and "does not beat" in second.reason
-    assert second.metric_value == client.get_run(summary.mlflow_run_id).data.metrics["val/map"]
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHALLENGER).version) == second.version
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == first.version
     model_version = client.get_model_version(MODEL_NAME, second.version)
     assert client.get_run(model_version.run_id).data.tags["cvexp.source_run_id"] == summary.mlflow_run_id
 
 
+def test_the_champion_decision_scores_both_models_now_not_a_logged_number(trained, tmp_path: Path) -> None:
+    """A worse champion that claims a perfect score in its tag is replaced: both are evaluated on the split, in the call."""
+    import torch
+
+    root, data_dir, summary = trained
+    worse = Predictor.load(summary.artifact_dir, device="cpu")
+    with torch.no_grad():
+        for name, parameter in worse.model.named_parameters():
+            if "class_embed" in name or "score_head" in name:
+                parameter.zero_()  # every class scores 0.5 everywhere: no ranking, mAP near 0
+    worse_dir = worse.save(tmp_path / "worse_model")
+    name = ["registry.model_name=cvexp-detector-scoring"]
+    client = MlflowClient(tracking_uri=_tracking_uri(root), registry_uri=_tracking_uri(root))
+    champion = _register(root, data_dir, tmp_path / "a", [f"ckpt_path={worse_dir}", *name])
+    client.set_model_version_tag("cvexp-detector-scoring", champion.version, METRIC_VALUE_TAG, "1.0")
+    better = _register(root, data_dir, tmp_path / "b", [f"ckpt_path={summary.artifact_dir}", *name])
+    assert better.champion_value == pytest.approx(champion.metric_value)
+    assert better.metric_value > better.champion_value and better.champion, better.reason
+    assert str(client.get_model_version_by_alias("cvexp-detector-scoring", CHAMPION).version) == better.version
+
+
 def test_served_model_answers_like_in_process_prediction(trained, registered, tmp_path: Path) -> None:
     root, data_dir, summary = trained
     paths = _images(data_dir)
-    detector = load_trained_detector(summary.best_model_path, device="cpu")
-    names = {c.id: c.name for c in detector.label_map.categories}
-    expected = [detection_records(d, names, THRESHOLD) for d in detect_images(detector, [np.asarray(Image.open(p).convert("RGB")) for p in paths])]
+    predictor = Predictor.load(summary.artifact_dir, device="cpu")
+    names = {c.id: c.name for c in predictor.label_map.categories}
+    expected = [detection_records(d, names, THRESHOLD) for d in predictor.predict_images([np.asarray(Image.open(p).convert("RGB")) for p in paths])]
     assert sum(map(len, expected)) > 0
 
     payload = {"dataframe_split": {"columns": ["image"], "data": [[encode_image_file(p)] for p in paths]}, "params": {"score_threshold": THRESHOLD}}
@@ -141,22 +161,22 @@ def test_served_model_answers_like_in_process_prediction(trained, registered, tm
         _assert_same_detections(actual, wanted)
 
 
-def test_export_gives_the_same_detections_in_a_transformers_pipeline(trained, registered) -> None:
+def test_the_artifact_gives_the_same_detections_in_a_transformers_pipeline(trained, registered) -> None:
     """The pipeline's post-processing (top 100 of queries x classes, sigmoid) is the adapter's; boxes come as integer corners."""
     from transformers import pipeline
 
     _, data_dir, summary = trained
-    detector = load_trained_detector(summary.best_model_path, device="cpu")
-    names = {c.id: c.name for c in detector.label_map.categories}
-    detect = pipeline("object-detection", model=str(registered.export_dir), device="cpu")
+    predictor = Predictor.load(summary.best_model_path, device="cpu")  # the checkpoint: the same model as the artifact
+    names = {c.id: c.name for c in predictor.label_map.categories}
+    detect = pipeline("object-detection", model=str(registered.artifact_dir), device="cpu")
     for path in _images(data_dir):
         image = Image.open(path).convert("RGB")
-        (ours,) = [detection_records(d, names, THRESHOLD) for d in detect_images(detector, [np.asarray(image)])]
+        (ours,) = [detection_records(d, names, THRESHOLD) for d in predictor.predict_images([np.asarray(image)])]
         theirs = detect(image, threshold=THRESHOLD)
         assert len(theirs) == len(ours) > 0
         as_records = [{"bbox": [r["box"]["xmin"], r["box"]["ymin"], r["box"]["xmax"] - r["box"]["xmin"], r["box"]["ymax"] - r["box"]["ymin"]],
                        "score": r["score"], "category_name": r["label"],
-                       "category_id": detector.label_map.categories[detector.model.config.label2id[r["label"]]].id}
+                       "category_id": predictor.label_map.categories[predictor.model.config.label2id[r["label"]]].id}
                       for r in theirs]  # fmt: skip
         # The pipeline truncates corners to integers: a box is within 1 pixel on each side, 2 in size.
         _assert_same_detections(as_records, ours, box_tolerance=2.0)

@@ -23,7 +23,7 @@ from cvexp.adapters import Detections
 from cvexp.data import Category, CocoDetectionDataset, CocoSplit, DetectionTarget
 from cvexp.evaluation.coco_metric import COCO_STAT_NAMES
 from cvexp.evaluation.evaluator import confusion_matrix, dataset_image_loader, run_evaluation, write_report
-from cvexp.evaluation.predictor import run_prediction
+from cvexp.inference.prediction import run_prediction
 from cvexp.paths import CONFIG_DIR
 from cvexp.training import run_training
 from tests.conftest import RBC_CELLS, compose_train_config, needs_rbc
@@ -109,12 +109,13 @@ def test_confusion_matrix_counts_matches_misses_and_false_positives() -> None:
 
 
 def test_checkpoint_without_cvexp_section_is_refused(tmp_path: Path) -> None:
-    from cvexp.evaluation.checkpoint import load_trained_detector
+    from cvexp.artifact import ArtifactError
+    from cvexp.inference.predictor import Predictor
 
     path = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, path)
-    with pytest.raises(ValueError, match="not written by cvexp.train"):
-        load_trained_detector(path)
+    with pytest.raises(ArtifactError, match="not\n?.*written by this version of cvexp.train"):
+        Predictor.load(path)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_training_writes_and_logs_the_test_report(trained) -> None:
 def test_evaluate_writes_the_report_and_one_mlflow_run(trained, tmp_path: Path) -> None:
     root, data_dir, summary, per_image = trained
     # The training's MLflow store: an existing sqlite store opens much faster than a new one.
-    overrides = [f"ckpt_path={summary.best_model_path}", "split=val", "batch_size=20", f"paths.mlflow_dir={root}/outputs/mlflow"]
+    overrides = [f"ckpt_path={summary.artifact_dir}", "split=val", "batch_size=20", f"paths.mlflow_dir={root}/outputs/mlflow"]
     cfg = compose_train_config(tmp_path, data_dir, overrides, config_name="evaluate")
     result = run_evaluation(cfg)
 
@@ -196,7 +197,7 @@ def test_predict_command_line_on_a_coco_split(trained, tmp_path: Path) -> None:
     root, data_dir, summary, per_image = trained
     split = data_dir / "shapes" / "test"
     env = {**os.environ, "CVEXP_ROOT": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "cvexp.predict", f"ckpt_path={summary.best_model_path}", f"inputs={split}",
+    result = subprocess.run([sys.executable, "-m", "cvexp.predict", f"ckpt_path={summary.artifact_dir}", f"inputs={split}",
                              "batch_size=16"], cwd=CONFIG_DIR.parent, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "runs" / "predict").iterdir()

@@ -17,8 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cvexp.data import Category, LabelMap
-from cvexp.evaluation.checkpoint import load_trained_detector
-from cvexp.evaluation.evaluator import dataset_image_loader, evaluation_split, predict_dataset, write_report
+from cvexp.evaluation.evaluator import dataset_image_loader, evaluation_split, write_report
+from cvexp.inference.predictor import Predictor
 from cvexp.paths import CONFIG_DIR
 from cvexp.training import run_training
 from tests.conftest import compose_train_config
@@ -54,6 +54,31 @@ def test_model_names_its_checkpoint_and_builds_cpu_sized(tmp_path: Path, model: 
     assert parameters < TINY_PARAMETERS, f"model={model}: {parameters:,} parameters in its tiny variant"
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_every_family_declares_its_backbone_for_learning_rates_and_freezing(tmp_path: Path, model: str) -> None:
+    """The backbone comes from the model option (``backbone_modules``), never from matching parameter names."""
+    from functools import partial
+
+    from cvexp.models.detection_module import DetectionModule
+    from cvexp.models.huggingface import backbone_parameter_names
+
+    cfg = compose_train_config(tmp_path, tmp_path, [f"model={model}"])
+    detector = instantiate(cfg.model, label_map=SHAPES)
+    assert detector.backbone_modules, f"conf/model/{model}.yaml: backbone_modules"
+    module = DetectionModule(detector.model, instantiate(cfg.adapter, label_map=SHAPES), optimizer=partial(torch.optim.AdamW, lr=1e-3), backbone_lr_scale=0.1,
+                             backbone_modules=detector.backbone_modules)  # fmt: skip
+    head, backbone = module.parameter_groups()
+    declared = backbone_parameter_names(detector.model, detector.backbone_modules)
+    names = {id(p): n for n, p in detector.model.named_parameters()}
+    assert backbone["params"] and {names[id(p)] for p in backbone["params"]} == declared
+    assert head["params"] and not declared & {names[id(p)] for p in head["params"]}
+    assert module.configure_optimizers().param_groups[1]["lr"] == pytest.approx(1e-4)
+
+    frozen = instantiate(compose_train_config(tmp_path, tmp_path, [f"model={model}", "model.train_backbone=false"]).model, label_map=SHAPES)
+    trainable = {n for n, p in frozen.model.named_parameters() if p.requires_grad}
+    assert trainable and not trainable & backbone_parameter_names(frozen.model, frozen.backbone_modules)
+
+
 def test_every_model_option_has_a_row_in_the_models_table() -> None:
     rows: dict[str, list[str]] = {}  # an option has rows in several tables (supported models, the CPU benchmark)
     for line in MODELS_GUIDE.read_text().splitlines():
@@ -72,10 +97,10 @@ def test_model_trains_and_its_results_json_round_trips_through_pycocotools(train
 
     # Evaluate the checkpoint on the whole validation split as `cvexp.evaluate split=val` does:
     # rebuilt from the checkpoint, every detection, the report's coco_results.json.
-    detector = load_trained_detector(summary.best_model_path, device="cpu")
-    categories = detector.label_map.categories
-    dataset = evaluation_split(detector.config.data, "val", categories)
-    predictions = predict_dataset(detector, dataset, batch_size=50, description=f"evaluating {model}")
+    predictor = Predictor.load(summary.artifact_dir, device="cpu")
+    categories = predictor.label_map.categories
+    dataset = evaluation_split(predictor.config["data"], "val", categories)
+    predictions = predictor.predict_dataset(dataset, batch_size=50, description=f"evaluating {model}")
     report = write_report(predictions, categories, tmp_path / "evaluation", dataset_image_loader(dataset), num_samples=0)
 
     # pycocotools loads the file against the split's own annotation file ...
@@ -123,7 +148,8 @@ def test_the_guide_s_model_yaml_trains_from_a_config_dir_on_hydra_s_search_path(
     summary = run_training(cfg)
 
     assert math.isfinite(summary.val_metrics["loss"]) and 0.0 <= summary.val_metrics["map"] <= 1.0
-    # The checkpoint holds the resolved config: it is rebuilt without the search path.
-    detector = load_trained_detector(summary.best_model_path, device="cpu")
-    assert type(detector.model).__name__ == "TableTransformerForObjectDetection"
-    assert detector.model.config.id2label == {0: "circle", 1: "square", 2: "triangle"}
+    # The checkpoint and the artifact hold the model's own config: each rebuilds it without the search path.
+    for path in (summary.best_model_path, summary.artifact_dir):
+        predictor = Predictor.load(path, device="cpu")
+        assert type(predictor.model).__name__ == "TableTransformerForObjectDetection"
+        assert predictor.model.config.id2label == {0: "circle", 1: "square", 2: "triangle"}

@@ -73,6 +73,8 @@ def test_two_ray_workers_train_one_mlflow_run_with_local_metric_names(train_conf
     assert best.is_file() and best.is_relative_to(tmp_path / "outputs" / "ray")  # Ray Train's best checkpoint
     assert summary.optimized_value is not None
     assert {"map", "map_50", "ap/circle"} <= set(summary.val_metrics) and {"map", "map_50"} <= set(summary.test_metrics)
+    # The driver writes the run's model artifact from the best checkpoint the workers reported.
+    assert summary.artifact_dir == tmp_path / "run" / "model" and (summary.artifact_dir / "model.safetensors").is_file()
 
     client, run = _only_run(cfg)  # one run: rank 0 logged into the driver's run
     assert run.info.run_id == summary.mlflow_run_id and run.info.status == "FINISHED"
@@ -95,7 +97,7 @@ def test_a_killed_ray_worker_resumes_from_the_last_checkpoint(train_config, tmp_
     assert (tmp_path / "killed").exists()
     # First attempt from step 0; the restarted workers from the checkpoint of epoch 0, not from scratch.
     assert starts.starts() == [(0, 2, 0), (0, 2, 3), (1, 2, 0), (1, 2, 3)]
-    ray_checkpoints = [torch.load(path, weights_only=False) for path in (tmp_path / "outputs" / "ray").glob("*/*/checkpoint.ckpt")]
+    ray_checkpoints = [torch.load(path, weights_only=True) for path in (tmp_path / "outputs" / "ray").glob("*/*/checkpoint.ckpt")]
     latest = max(ray_checkpoints, key=lambda state: state["global_step"])
     assert latest["epoch"] == 2 and latest["global_step"] == 9  # three epochs of 3 steps, completed
     assert Path(summary.best_model_path).is_file()

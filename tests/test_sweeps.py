@@ -49,6 +49,8 @@ def test_a_basic_sweep_is_one_group_in_mlflow_and_ends_with_a_ranking(tmp_path: 
     values = [float(row["val/map"]) for row in rows]
     assert values == sorted(values, reverse=True)
     assert (sweep_dir / "sweep_results.md").is_file() and "ranked by val/map" in result.stdout
+    # Every job writes its own model artifact.
+    assert sorted(p.parent.parent.name for p in sweep_dir.glob("*/model/cvexp.json")) == ["0", "1", "2", "3"]
 
 
 def test_the_ray_launcher_runs_sweep_jobs_as_ray_tasks(tmp_path: Path, shared_data_dir: Path) -> None:
@@ -58,6 +60,7 @@ def test_the_ray_launcher_runs_sweep_jobs_as_ray_tasks(tmp_path: Path, shared_da
     sweep_dir, jobs, parents = _sweep_runs(tmp_path)
     assert len(jobs) == 2 and all(run.info.status == "FINISHED" for run in jobs) and len(parents) == 1
     assert len((sweep_dir / "sweep_results.csv").read_text().splitlines()) == 3
+    assert sorted(p.parent.parent.name for p in sweep_dir.glob("*/model/cvexp.json")) == ["0", "1"]
 
 
 def test_jobs_are_ranked_best_first_and_failed_jobs_last() -> None:

@@ -47,19 +47,23 @@ def test_training_validates_tests_and_logs_one_mlflow_run(train_config) -> None:
     assert "config.yaml" in artifacts
     assert "plots/training_curves.png" in artifacts
     assert any(path.endswith(".ckpt") for path in artifacts), artifacts
+    # The model artifact, in the run directory and in MLflow: where the weights started is a tag.
+    assert {"model/cvexp.json", "model/config.json", "model/model.safetensors", "model/preprocessor_config.json"} <= set(artifacts)
+    assert summary.artifact_dir == Path(cfg.paths.output_dir) / "model" and (summary.artifact_dir / "cvexp.json").is_file()
+    assert run.data.tags["cvexp.weights"] == "random-init"
 
 
 def test_training_resumes_from_a_checkpoint(train_config, tmp_path: Path) -> None:
     first = run_training(train_config(["debug=smoke", "trainer.max_epochs=1", "logger=none", "test_after_fit=false"]))
     last = Path(first.best_model_path).parent / "last.ckpt"
-    state = torch.load(last, weights_only=False)
+    state = torch.load(last, weights_only=True)  # plain data and tensors only: no pickled objects
     assert state["epoch"] == 0 and state["global_step"] == 3
-    assert [c["name"] for c in state["cvexp"]["categories"]] == ["circle", "square", "triangle"]
+    assert [c["name"] for c in state["cvexp"]["metadata"]["categories"]] == ["circle", "square", "triangle"]
 
     resumed_cfg = train_config(["debug=smoke", "trainer.max_epochs=2", "logger=none", "test_after_fit=false", f"ckpt_path={last}",
                                 f"paths.output_dir={tmp_path}/resumed"])  # fmt: skip
     resumed = run_training(resumed_cfg)
-    state = torch.load(Path(resumed.best_model_path).parent / "last.ckpt", weights_only=False)
+    state = torch.load(Path(resumed.best_model_path).parent / "last.ckpt", weights_only=True)
     assert state["epoch"] == 1 and state["global_step"] == 6  # continued, not restarted
 
 
@@ -83,8 +87,8 @@ def test_backbone_learning_rate_is_scaled(train_config) -> None:
     optimizer = module.configure_optimizers()
     head, backbone = optimizer.param_groups
     assert head["lr"] == pytest.approx(0.002) and backbone["lr"] == pytest.approx(0.0002)
-    backbone_ids = {id(p) for n, p in module.model.named_parameters() if "backbone" in n}
-    assert {id(p) for p in backbone["params"]} == backbone_ids
+    assert module.backbone_modules == ("model.backbone",)  # declared by the model option
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in module.model.model.backbone.parameters()}
 
 
 def test_precision_auto_is_fp32_on_cpu_and_explicit_values_pass_through() -> None:
@@ -104,6 +108,6 @@ def test_the_same_seed_trains_the_same_weights(train_config, tmp_path: Path) -> 
         cfg = train_config(["debug=smoke", "augmentation=strong", "trainer.max_epochs=1", "logger=none", "test_after_fit=false",
                             f"paths.output_dir={tmp_path}/attempt{attempt}"])  # fmt: skip
         summary = run_training(cfg)
-        weights.append(torch.load(Path(summary.best_model_path).parent / "last.ckpt", weights_only=False)["state_dict"])
+        weights.append(torch.load(Path(summary.best_model_path).parent / "last.ckpt", weights_only=True)["state_dict"])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])

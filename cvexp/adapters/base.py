@@ -50,6 +50,9 @@ class OutputAdapter(ABC):
         pass_pixel_mask: whether the model's forward takes ``pixel_mask`` (ViT-style models don't).
     """
 
+    #: What the model family's outputs mean; recorded in the model artifact (``cvexp.json``).
+    task: str = "detection"
+
     def __init__(self, label_map: LabelMap, pass_pixel_mask: bool = True) -> None:
         self.label_map = label_map
         self.pass_pixel_mask = pass_pixel_mask

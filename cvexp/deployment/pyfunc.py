@@ -1,8 +1,9 @@
 """The MLflow pyfunc model that ``mlflow models serve`` runs: base64 images in, COCO detections out.
 
 MLflow's transformers flavour gives object-detection pipelines no pyfunc flavour, so the model is a
-custom :class:`mlflow.pyfunc.PythonModel` around the Hugging Face export (an artifact directory,
-see :mod:`cvexp.deployment.detector`).
+custom :class:`mlflow.pyfunc.PythonModel` around the model artifact (the ``<run dir>/model``
+directory of the training run, :mod:`cvexp.artifact`), which it runs through the one inference path
+(:class:`cvexp.inference.predictor.Predictor`).
 
 Request (one row per image; ``params`` optional)::
 
@@ -29,7 +30,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 IMAGE_COLUMN = "image"
-EXPORT_ARTIFACT = "hf_model"
+# The key of the model artifact among the MLflow model's artifacts (``artifacts/model/`` inside it).
+MODEL_ARTIFACT = "model"
 DEFAULT_SCORE_THRESHOLD = 0.5
 
 
@@ -76,6 +78,23 @@ def decode_images(model_input: pd.DataFrame | dict | list) -> list[np.ndarray]:
     return images
 
 
+def detection_records(detections: Any, category_names: dict[int, str], score_threshold: float) -> list[dict[str, Any]]:
+    """One image's detections scoring at least ``score_threshold``, best first, as JSON-ready records.
+
+    Each record: ``bbox`` (absolute ``[x, y, w, h]`` in the original image's pixels), ``score``,
+    ``category_id`` (the dataset's own id) and ``category_name``.
+    """
+    import torch
+
+    keep = detections.scores >= score_threshold
+    order = torch.argsort(detections.scores[keep], descending=True)
+    boxes, scores, ids = detections.boxes[keep][order], detections.scores[keep][order], detections.category_ids[keep][order]
+    return [
+        {"bbox": [float(v) for v in box], "score": float(score), "category_id": int(category), "category_name": category_names[int(category)]}
+        for box, score, category in zip(boxes.tolist(), scores.tolist(), ids.tolist(), strict=True)
+    ]
+
+
 def encode_image_file(path: str | Path) -> str:
     """A file's bytes as the base64 string a request carries."""
     with open(path, "rb") as file:
@@ -92,41 +111,37 @@ class CvexpDetectorModel(mlflow.pyfunc.PythonModel):
 
     def __init__(self, score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> None:
         self.score_threshold = score_threshold
-        self.detector: Any = None
+        self.predictor: Any = None
 
     def load_context(self, context: Any) -> None:
-        """Loads the Hugging Face export from the model's ``hf_model`` artifact directory."""
-        from cvexp.deployment.detector import load_exported_detector
+        """Loads the model artifact (the MLflow model's ``model`` artifact directory) on the CPU."""
+        from cvexp.inference.predictor import Predictor
 
-        self.detector = load_exported_detector(context.artifacts[EXPORT_ARTIFACT])
+        self.predictor = Predictor.load(context.artifacts[MODEL_ARTIFACT], device="cpu")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[list[dict[str, Any]]]:
         """Per image, its detections scoring at least ``params["score_threshold"]`` (see the module doc)."""
-        from cvexp.deployment.detector import detect_images, detection_records
-
         threshold = float((params or {}).get("score_threshold", self.score_threshold))
         images = decode_images(model_input)
-        names = {category.id: category.name for category in self.detector.label_map.categories}
-        return [detection_records(detections, names, threshold) for detections in detect_images(self.detector, images)]
+        names = {category.id: category.name for category in self.predictor.label_map.categories}
+        return [detection_records(detections, names, threshold) for detections in self.predictor.predict_images(images)]
 
 
-def pyfunc_model_arguments(detector: Any, export_dir: Path, example_image: Path, score_threshold: float) -> dict[str, Any]:
-    """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for ``detector`` exported to ``export_dir``.
+def pyfunc_model_arguments(predictor: Any, artifact_dir: Path, example_image: Path, score_threshold: float) -> dict[str, Any]:
+    """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for ``predictor``, whose model artifact is ``artifact_dir``.
 
     The signature (input column, output records, the ``score_threshold`` param) is inferred from a
     prediction on ``example_image``, which is also the input example.
     """
     from mlflow.models import infer_signature
 
-    from cvexp.deployment.detector import detect_images, detection_records
-
     example = pd.DataFrame({IMAGE_COLUMN: [encode_image_file(example_image)]})
-    names = {category.id: category.name for category in detector.label_map.categories}
+    names = {category.id: category.name for category in predictor.label_map.categories}
     # Threshold 0 for the example output only: it shows the record fields even for a weak model.
-    example_output = [detection_records(d, names, 0.0) for d in detect_images(detector, decode_images(example))]
+    example_output = [detection_records(d, names, 0.0) for d in predictor.predict_images(decode_images(example))]
     return {
         "python_model": CvexpDetectorModel(score_threshold),
-        "artifacts": {EXPORT_ARTIFACT: str(export_dir)},
+        "artifacts": {MODEL_ARTIFACT: str(artifact_dir)},
         "signature": infer_signature(example, example_output, params={"score_threshold": score_threshold}),
         "input_example": example,
         # Pinned to this environment; cvexp itself must be installed where the model is served.

@@ -1,4 +1,4 @@
-"""Registration: a checkpoint -> an MLflow pyfunc model version with the ``challenger`` / ``champion`` aliases.
+"""Registration: a model artifact -> an MLflow pyfunc model version with the ``challenger`` / ``champion`` aliases.
 
 :func:`run_registration` is the job behind ``python -m cvexp.register``; :func:`decide_promotion`
 is the promotion rule on its own.
@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from cvexp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -61,99 +63,126 @@ class RegistrationSummary:
     version: str
     model_uri: str
     run_id: str
-    export_dir: Path
+    artifact_dir: Path
     metric_name: str
     metric_value: float | None
+    champion_value: float | None
     champion: bool
     reason: str
 
 
-def _metric_from_run(client: Any, run_id: str, metric: str) -> float:
-    metrics = client.get_run(run_id).data.metrics
+def _score(predictor: Any, dataset: Any, batch_size: int, metric: str) -> float:
+    """``metric`` (a COCO metric name) of ``predictor`` on ``dataset``: the same evaluation as ``cvexp.evaluate``, no report files."""
+    from cvexp.evaluation.evaluator import evaluate_predictions
+
+    predictions = predictor.predict_dataset(dataset, batch_size, description="evaluating")
+    metrics = evaluate_predictions(predictions, predictor.label_map.categories)[1].metrics
     if metric not in metrics:
-        raise KeyError(f"run_id={run_id} logged no metric '{metric}' (it has {sorted(metrics)[:20]}); "
-                       "set metric= to one of them, or leave run_id unset to evaluate at registration.")  # fmt: skip
+        raise ConfigError(f"metric=<split>/{metric}: no such metric; choose one of {sorted(metrics)} (e.g. metric=val/map).")
     return float(metrics[metric])
 
 
-def _evaluate_split(detector: Any, dataset: Any, batch_size: int) -> dict[str, float]:
-    """COCO metrics of ``detector`` on ``dataset`` (the same evaluation as ``cvexp.evaluate``, no report files)."""
-    from cvexp.evaluation.evaluator import evaluate_predictions, predict_dataset
+def _champion_score(registry: DictConfig, version: Any, candidate: Any, dataset: Any, batch_size: int, metric: str,
+                    device: str) -> tuple[float | None, str]:  # fmt: skip
+    """The current champion's ``metric`` on the same ``dataset`` as the candidate, evaluated now; ``(None, why)`` when it cannot be."""
+    import tempfile
 
-    predictions = predict_dataset(detector, dataset, batch_size, description="evaluating")
-    return evaluate_predictions(predictions, detector.label_map.categories)[1].metrics
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from cvexp.deployment.pyfunc import MODEL_ARTIFACT
+    from cvexp.errors import CvexpError
+    from cvexp.inference.predictor import Predictor
+
+    with tempfile.TemporaryDirectory(prefix="cvexp-champion-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{registry.model_name}/{version.version}", dst_path=tmp,
+                                                             tracking_uri=registry.tracking_uri, registry_uri=registry.registry_uri))  # fmt: skip
+            artifacts = Model.load(str(local)).flavors.get("python_function", {}).get("artifacts", {})
+            if MODEL_ARTIFACT not in artifacts:
+                return None, f"version {version.version} holds no cvexp model artifact (registered by an older cvexp)"
+            champion = Predictor.load(local / artifacts[MODEL_ARTIFACT]["path"], device=device)
+        except (CvexpError, MlflowException, OSError) as error:
+            return None, f"version {version.version} could not be loaded ({str(error).splitlines()[0]})"
+        if champion.label_map != candidate.label_map:
+            return None, f"version {version.version} predicts other categories ({[c.name for c in champion.label_map.categories]})"
+        return _score(champion, dataset, batch_size, metric), ""
 
 
 def run_registration(cfg: DictConfig) -> RegistrationSummary:
-    """The ``cvexp.register`` job: export the checkpoint, log it as a pyfunc model, register it, set aliases.
+    """The ``cvexp.register`` job: log a model artifact as a pyfunc model, register it, set aliases.
 
-    The new version gets the ``challenger`` alias, and ``champion`` when :func:`decide_promotion`
-    says so. The metric comes from ``cfg.run_id``'s logged metrics when a run is given, else from
-    evaluating the checkpoint on the split that names the metric (``val/map`` -> the val split).
+    ``cfg.ckpt_path`` is a model artifact (logged as it is) or a checkpoint (its artifact is written
+    first). The new version gets the ``challenger`` alias, and ``champion`` when
+    :func:`decide_promotion` says so. The decision compares the new model with the current champion
+    on the same split (the one that names ``cfg.metric``: ``val/map`` -> val), both evaluated in this
+    call: never a number logged during training, or on other data.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from cvexp.deployment.detector import export_huggingface
-    from cvexp.deployment.pyfunc import EXPORT_ARTIFACT, pyfunc_model_arguments
-    from cvexp.evaluation.checkpoint import load_trained_detector
-    from cvexp.evaluation.evaluator import evaluation_split
+    from cvexp.artifact import ARTIFACT_DIR
+    from cvexp.deployment.pyfunc import pyfunc_model_arguments
+    from cvexp.evaluation.evaluator import model_split
+    from cvexp.inference.predictor import Predictor
     from cvexp.tracking.mlflow import experiment_id
 
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     registry = cfg.registry
     output_dir = Path(cfg.paths.output_dir)
-    detector = load_trained_detector(cfg.ckpt_path, device=cfg.get("device", "cpu"))
-    export_dir = export_huggingface(detector, output_dir / EXPORT_ARTIFACT)
+    device = cfg.get("device", "cpu")
+    predictor = Predictor.load(cfg.ckpt_path, device=device)
+    artifact_dir = Path(cfg.ckpt_path) if Path(cfg.ckpt_path).is_dir() else predictor.save(output_dir / ARTIFACT_DIR)
 
     split, _, metric_key = str(cfg.metric).rpartition("/")
-    data_cfg = cfg.data if cfg.get("data") else detector.config.data
-    dataset = evaluation_split(data_cfg, split or "val", detector.label_map.categories)
+    dataset, data_cfg = model_split(predictor, cfg.get("data"), split or "val", str(cfg.ckpt_path))
+    batch_size = int(data_cfg.get("batch_size") or 8)
+    metric_value = _score(predictor, dataset, batch_size, metric_key)
+
     client = MlflowClient(tracking_uri=registry.tracking_uri, registry_uri=registry.registry_uri)
-    if cfg.get("run_id"):
-        metric_value: float | None = _metric_from_run(client, cfg.run_id, cfg.metric)
-    else:
-        metric_value = float(_evaluate_split(detector, dataset, int(data_cfg.get("batch_size") or 8))[metric_key])
+    try:
+        current = client.get_model_version_by_alias(registry.model_name, CHAMPION)
+    except MlflowException:  # no registered model, or no champion yet
+        current = None
+    champion_value, champion_note = (None, "")
+    if current is not None:
+        champion_value, champion_note = _champion_score(registry, current, predictor, dataset, batch_size, metric_key, device)
 
     mlflow.set_tracking_uri(registry.tracking_uri)
     mlflow.set_registry_uri(registry.registry_uri)
     experiment = experiment_id(client, registry.experiment_name, registry.get("artifact_location"))
-    with mlflow.start_run(experiment_id=experiment, run_name=Path(cfg.ckpt_path).stem) as run:
+    with mlflow.start_run(experiment_id=experiment, run_name=Path(cfg.ckpt_path).name) as run:
         mlflow.log_params({"ckpt_path": str(cfg.ckpt_path), "metric": cfg.metric, "score_threshold": cfg.score_threshold,
-                           "model.model_class": detector.config.model.get("model_class")})  # fmt: skip
-        if cfg.get("run_id"):
-            mlflow.set_tag("cvexp.source_run_id", cfg.run_id)
-        if metric_value is not None:
-            mlflow.log_metric(cfg.metric, metric_value)
+                           "model_class": predictor.metadata.model_class, "num_images": len(dataset)})  # fmt: skip
+        mlflow.set_tags({"cvexp.weights": predictor.metadata.weights.tag(),
+                         **({"cvexp.source_run_id": predictor.metadata.mlflow_run_id} if predictor.metadata.mlflow_run_id else {})})  # fmt: skip
+        mlflow.log_metric(cfg.metric, metric_value)
+        if champion_value is not None:
+            mlflow.log_metric(f"champion/{cfg.metric}", champion_value)
         mlflow.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
         # The input example: the split's first image, as a request sends it.
         example_image = Path(dataset.split.images_dir) / dataset.coco.imgs[dataset.image_ids[0]]["file_name"]
         info = mlflow.pyfunc.log_model(name="model", registered_model_name=registry.model_name,
-                                       **pyfunc_model_arguments(detector, export_dir, example_image, float(cfg.score_threshold)))  # fmt: skip
+                                       **pyfunc_model_arguments(predictor, artifact_dir, example_image, float(cfg.score_threshold)))  # fmt: skip
     model_version = str(info.registered_model_version)
-    if metric_value is not None:
-        client.set_model_version_tag(registry.model_name, model_version, METRIC_NAME_TAG, cfg.metric)
-        client.set_model_version_tag(registry.model_name, model_version, METRIC_VALUE_TAG, repr(metric_value))
+    client.set_model_version_tag(registry.model_name, model_version, METRIC_NAME_TAG, cfg.metric)
+    client.set_model_version_tag(registry.model_name, model_version, METRIC_VALUE_TAG, repr(metric_value))
 
-    try:
-        current = client.get_model_version_by_alias(registry.model_name, CHAMPION)
-    except MlflowException:  # no champion yet
-        current = None
-    champion_value = None
-    if current is not None and current.tags.get(METRIC_NAME_TAG) == cfg.metric:
-        champion_value = float(current.tags[METRIC_VALUE_TAG])
     client.set_registered_model_alias(registry.model_name, CHALLENGER, model_version)
     promote, reason = decide_promotion(metric_value, champion_value, current is not None, cfg.mode, bool(cfg.promote))
+    if champion_note:
+        reason += f"; {champion_note}"
     if promote:
         client.set_registered_model_alias(registry.model_name, CHAMPION, model_version)
 
     summary = RegistrationSummary(registry.model_name, model_version, f"models:/{registry.model_name}/{model_version}", run.info.run_id,
-                                  export_dir, cfg.metric, metric_value, promote, reason)  # fmt: skip
-    print(f"registered {registry.model_name} version {model_version} ({cfg.metric}={metric_value}) as @{CHALLENGER}"
-          + (f" and @{CHAMPION}" if promote else "") + f": {reason}")  # fmt: skip
-    print(f"Hugging Face export: {export_dir}")
+                                  artifact_dir, cfg.metric, metric_value, champion_value, promote, reason)  # fmt: skip
+    print(f"registered {registry.model_name} version {model_version} ({cfg.metric}={metric_value:.4f} on {len(dataset)} images) as "
+          f"@{CHALLENGER}" + (f" and @{CHAMPION}" if promote else "") + f": {reason}")  # fmt: skip
+    print(f"model artifact: {artifact_dir}")
     print(f"serve it: MLFLOW_TRACKING_URI={registry.tracking_uri} mlflow models serve "
           f"-m 'models:/{registry.model_name}@{CHAMPION if promote else CHALLENGER}' --env-manager local -p 5001")  # fmt: skip
     return summary

@@ -15,14 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pycocotools import mask as coco_mask
-from torch.utils.data import DataLoader
 
-from cvexp.adapters.base import Detections, OutputAdapter
+from cvexp.adapters.base import Detections
 from cvexp.data.coco import Category, CocoDetectionDataset, DatasetError, DetectionTarget
-from cvexp.data.collate import DetectionCollator
+from cvexp.errors import instantiate
 from cvexp.evaluation.coco_metric import CocoEvaluation, coco_ground_truth, run_coco_evaluation
 from cvexp.evaluation.plots import plot_confusion_matrix, plot_pr_curves, plot_samples
 from cvexp.evaluation.report import metrics_table, print_table
@@ -30,24 +28,6 @@ from cvexp.evaluation.report import metrics_table, print_table
 log = logging.getLogger(__name__)
 
 Prediction = tuple[Detections, DetectionTarget]
-
-
-def run_inference(model: Any, adapter: OutputAdapter, loader: Iterable[dict[str, Any]], device: torch.device,
-                  description: str = "predicting", progress: bool = True) -> list[Prediction]:  # fmt: skip
-    """Runs ``model`` over every batch of ``loader`` (with a progress bar unless ``progress`` is false,
-    as in a model server); detections come unthresholded."""
-    from rich.progress import track
-
-    model.eval()
-    predictions: list[Prediction] = []
-    total = len(loader) if hasattr(loader, "__len__") else None
-    batches = track(loader, description=description, total=total, transient=True) if progress else loader
-    with torch.inference_mode():
-        for batch in batches:
-            inputs = {"pixel_values": batch["pixel_values"].to(device), "pixel_mask": batch["pixel_mask"].to(device)}
-            outputs = model(**adapter.model_inputs(inputs, with_labels=False))
-            predictions += zip(adapter.format_predictions(outputs, batch["targets"]), batch["targets"], strict=True)
-    return predictions
 
 
 def coco_results(detections: Iterable[Detections], file_names: dict[int, str] | None = None) -> list[dict[str, Any]]:
@@ -72,13 +52,6 @@ def evaluate_predictions(predictions: Sequence[Prediction], categories: Sequence
     results = coco_results(detection for detection, _ in predictions)
     ground_truth = coco_ground_truth([target for _, target in predictions], categories)
     return results, run_coco_evaluation(ground_truth, results, categories)
-
-
-def predict_dataset(detector: Any, dataset: Any, batch_size: int, num_workers: int = 0, description: str = "predicting") -> list[Prediction]:
-    """Runs a :class:`~cvexp.evaluation.checkpoint.TrainedDetector` over ``dataset`` in batches, fed as in training."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=DetectionCollator(detector.image_processor, detector.adapter, image_size=detector.image_size))  # fmt: skip
-    return run_inference(detector.model, detector.adapter, loader, detector.device, description=description)
 
 
 def confusion_matrix(predictions: Sequence[Prediction], categories: Sequence[Category],
@@ -176,12 +149,16 @@ def report_options(cfg: DictConfig | None) -> dict[str, Any]:
     return {key: cfg[key] for key in keys if cfg is not None and key in cfg}
 
 
-def evaluation_split(data_cfg: DictConfig, split: str, categories: Sequence[Category]) -> CocoDetectionDataset:
+def evaluation_split(data_cfg: DictConfig | dict, split: str, categories: Sequence[Category], stored_in: str | None = None) -> CocoDetectionDataset:
     """The dataset of one split of a data config, checked against the model's categories.
 
     Only that split is read (a DataModule would read the training split too, for its label map).
+    ``stored_in`` names the artifact or checkpoint a data config comes from: such a config may build
+    only cvexp's own components (:func:`cvexp.artifact.safe_instantiate`).
     """
-    datamodule = instantiate(data_cfg)
+    from cvexp.artifact import safe_instantiate
+
+    datamodule = safe_instantiate(data_cfg, stored_in, path="data") if stored_in else instantiate(data_cfg)
     datamodule.prepare_data()  # e.g. writes the synthetic dataset when it is not there yet
     if split not in datamodule.splits:
         raise DatasetError(f"split={split}: the data config has no '{split}' split; pick one of {sorted(datamodule.splits)}.")
@@ -191,6 +168,20 @@ def evaluation_split(data_cfg: DictConfig, split: str, categories: Sequence[Cate
         raise DatasetError(f"{dataset.annotation_path}: category ids {sorted(unknown)} are not among the model's classes "
                            f"{[(c.id, c.name) for c in categories]}; evaluate on data labelled like the training data.")  # fmt: skip
     return dataset
+
+
+def model_split(predictor: Any, data_cfg: DictConfig | None, split: str, ckpt_path: str) -> tuple[CocoDetectionDataset, Any]:
+    """The split to evaluate a model on, from ``data_cfg`` when given, else from the data config stored with the model.
+
+    Returns the dataset and the data config it came from.
+    """
+    if data_cfg:
+        return evaluation_split(data_cfg, split, predictor.label_map.categories), data_cfg
+    stored = predictor.config.get("data")
+    if not stored:
+        raise DatasetError(f"ckpt_path={ckpt_path}: the model stores no data config to evaluate on. Fix: choose the data, e.g. "
+                           "data=rbc_cells, or data=coco data.root=... for your own.")  # fmt: skip
+    return evaluation_split(stored, split, predictor.label_map.categories, stored_in=ckpt_path), OmegaConf.create(stored)
 
 
 @dataclass
@@ -206,19 +197,19 @@ class EvaluationSummary:
 def run_evaluation(cfg: DictConfig) -> EvaluationSummary:
     """The ``cvexp.evaluate`` job: rebuild the model from ``cfg.ckpt_path``, evaluate ``cfg.split``, report.
 
-    The data config stored in the checkpoint is used unless ``cfg.data`` is set.
+    ``cfg.ckpt_path`` is a model artifact or a checkpoint; the data config stored with it is used
+    unless ``cfg.data`` is set.
     """
-    from cvexp.evaluation.checkpoint import load_trained_detector
+    from cvexp.inference.predictor import Predictor
     from cvexp.tracking.mlflow import log_evaluation_run
 
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
-    detector = load_trained_detector(cfg.ckpt_path, device=cfg.get("device", "auto"))
-    categories = detector.label_map.categories
-    data_cfg = cfg.data if cfg.get("data") else detector.config.data
-    dataset = evaluation_split(data_cfg, cfg.split, categories)
+    predictor = Predictor.load(cfg.ckpt_path, device=cfg.get("device", "auto"))
+    categories = predictor.label_map.categories
+    dataset, data_cfg = model_split(predictor, cfg.get("data"), cfg.split, str(cfg.ckpt_path))
     batch_size = int(cfg.get("batch_size") or data_cfg.get("batch_size") or 8)
-    predictions = predict_dataset(detector, dataset, batch_size, int(data_cfg.get("num_workers") or 0), description=f"evaluating {cfg.split}")
+    predictions = predictor.predict_dataset(dataset, batch_size, int(data_cfg.get("num_workers") or 0), description=f"evaluating {cfg.split}")
     output_dir = Path(cfg.paths.output_dir)
     report = write_report(predictions, categories, output_dir, dataset_image_loader(dataset), **report_options(cfg.get("report")))
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -229,7 +220,8 @@ def run_evaluation(cfg: DictConfig) -> EvaluationSummary:
     run_id = None
     if cfg.get("logger"):
         params = {"ckpt_path": str(cfg.ckpt_path), "split": cfg.split, "data.root": str(data_cfg.get("root")),
-                  "model.model_class": detector.config.model.get("model_class"), "num_images": report.num_images}  # fmt: skip
+                  "model_class": predictor.metadata.model_class, "weights": predictor.metadata.weights.tag(),
+                  "num_images": report.num_images}  # fmt: skip
         run_id = log_evaluation_run(cfg.logger, f"{Path(cfg.ckpt_path).stem}-{cfg.split}", params,
                                     {f"{cfg.split}/{name}": value for name, value in report.metrics.items()}, report.files)  # fmt: skip
     print(f"report written to {output_dir}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Callable
@@ -11,8 +12,10 @@ import lightning as L
 import torch
 
 from cvexp.adapters.base import Detections, OutputAdapter
+from cvexp.artifact import CHECKPOINT_KEY, ModelMetadata, checkpoint_section
 from cvexp.data.coco import DetectionTarget
 from cvexp.evaluation.coco_metric import CocoDetectionMetric
+from cvexp.models.huggingface import backbone_parameter_names
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -33,9 +36,12 @@ class DetectionModule(L.LightningModule):
         optimizer: partial optimizer, called with the parameter groups.
         scheduler: partial LR scheduler, called with the optimizer (and ``num_training_steps`` when
             it takes that argument); stepped every optimizer step.
-        backbone_lr_scale: learning-rate factor for parameters whose name contains ``backbone``
-            (DETR practice when fine-tuning a pretrained backbone).
-        run_config: the resolved run configuration, stored in checkpoints.
+        backbone_lr_scale: learning-rate factor for the parameters of ``backbone_modules`` (DETR
+            practice when fine-tuning a pretrained backbone).
+        backbone_modules: the model's backbone by attribute path, as its model option declares it.
+        image_processor: the model's image processor, stored in checkpoints with ``metadata``.
+        metadata: what the model artifact records (categories, adapter, weight source, training
+            config); checkpoints store it so that they rebuild the model alone (:mod:`cvexp.artifact`).
     """
 
     def __init__(
@@ -45,7 +51,9 @@ class DetectionModule(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         backbone_lr_scale: float = 1.0,
-        run_config: dict[str, Any] | None = None,
+        backbone_modules: tuple[str, ...] = (),
+        image_processor: Any | None = None,
+        metadata: ModelMetadata | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -53,12 +61,15 @@ class DetectionModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.backbone_lr_scale = backbone_lr_scale
-        self.run_config = run_config
+        self.backbone_modules = tuple(backbone_modules)
+        self.image_processor = image_processor
+        self.metadata = metadata
         categories = adapter.label_map.categories
         self.val_metric = CocoDetectionMetric(categories)
         self.test_metric = CocoDetectionMetric(categories)
         # The last test run's detections and targets, for the evaluation report after training.
         self.test_predictions: list[tuple[Detections, DetectionTarget]] = []
+        self._validated_epoch: int | None = None
 
     def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict[str, Any]:
         # Only what the model reads moves; the original targets stay on the CPU, where the COCO
@@ -97,6 +108,8 @@ class DetectionModule(L.LightningModule):
         metric.reset()
         if self.trainer.sanity_checking:
             return
+        if stage == "val":
+            self._validated_epoch = self.current_epoch
         # A line per evaluation, for logs read without the progress bar (files, CI).
         log.info("%s epoch %d: map_50=%.4f map=%.4f mar_100=%.4f", stage, self.current_epoch, values["map_50"], values["map"], values["mar_100"])
         # compute() already gathered every process's detections: the values agree, no sync needed.
@@ -118,12 +131,19 @@ class DetectionModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_metric("test", self.test_metric)
 
-    def configure_optimizers(self) -> Any:
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The trainable parameters: the rest of the model first, then the backbone (``backbone_modules``) if it trains."""
+        in_backbone = backbone_parameter_names(self.model, self.backbone_modules)
         backbone, rest = [], []
         for name, parameter in self.model.named_parameters():
             if parameter.requires_grad:
-                (backbone if "backbone" in name else rest).append(parameter)
-        optimizer = self.optimizer_factory([{"params": rest}] + ([{"params": backbone}] if backbone else []))
+                (backbone if name in in_backbone else rest).append(parameter)
+        return [{"params": rest, "name": "head"}] + ([{"params": backbone, "name": "backbone"}] if backbone else [])
+
+    def configure_optimizers(self) -> Any:
+        groups = self.parameter_groups()
+        backbone = len(groups) > 1
+        optimizer = self.optimizer_factory(groups)
         if backbone:
             optimizer.param_groups[1]["lr"] *= self.backbone_lr_scale
         if self.scheduler_factory is None:
@@ -135,8 +155,12 @@ class DetectionModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Enough to rebuild the run later (evaluate, register) without the original config files.
-        checkpoint["cvexp"] = {
-            "config": self.run_config,
-            "categories": [{"id": c.id, "name": c.name} for c in self.adapter.label_map.categories],
-        }
+        # Enough to rebuild the model (evaluate, register, serve) with neither the config files nor
+        # model.pretrained: the metadata, the Hugging Face config and the image processor.
+        if self.metadata is None or self.image_processor is None:
+            return
+        metadata = copy.copy(self.metadata)
+        # The last validation's metrics: this checkpoint's own for the best ones, which are saved right after it.
+        val = {name[len("val/"):]: float(value) for name, value in self.trainer.callback_metrics.items() if name.startswith("val/")}
+        metadata.metrics = {"val": {**val, "epoch": self._validated_epoch}} if val and self._validated_epoch is not None else {}
+        checkpoint[CHECKPOINT_KEY] = checkpoint_section(self.model, self.image_processor, metadata)

@@ -202,29 +202,28 @@ class MonitoringSummary:
     mlflow_run_id: str | None = None
 
 
-def _images_and_detections(detector: Any, inputs: str, batch_size: int) -> tuple[list[np.ndarray], list[Any]]:
+def _images_and_detections(predictor: Any, inputs: str, batch_size: int) -> tuple[list[np.ndarray], list[Any]]:
     from cvexp.data.coco import load_rgb_image
-    from cvexp.deployment.detector import detect_images
-    from cvexp.evaluation.predictor import resolve_inputs
+    from cvexp.inference.inputs import resolve_inputs
 
     images = [load_rgb_image(item.path) for item in resolve_inputs(inputs)]
-    return images, detect_images(detector, images, batch_size=batch_size)
+    return images, predictor.predict_images(images, batch_size=batch_size, progress=True)
 
 
 def run_monitoring(cfg: DictConfig) -> MonitoringSummary:
     """The ``cvexp.monitor`` job: features of ``cfg.reference`` and ``cfg.current``, compared; report and MLflow run."""
     import torch
 
-    from cvexp.evaluation.checkpoint import load_trained_detector
+    from cvexp.inference.predictor import Predictor
     from cvexp.tracking.mlflow import log_evaluation_run
 
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
-    detector = load_trained_detector(cfg.ckpt_path, device=cfg.get("device", "auto"))
-    names = {category.id: category.name for category in detector.label_map.categories}
+    predictor = Predictor.load(cfg.ckpt_path, device=cfg.get("device", "auto"))
+    names = {category.id: category.name for category in predictor.label_map.categories}
     samples = {}
     for side in ("reference", "current"):
-        images, detections = _images_and_detections(detector, str(cfg[side]), int(cfg.batch_size))
+        images, detections = _images_and_detections(predictor, str(cfg[side]), int(cfg.batch_size))
         samples[side] = collect_features(images, detections, names, float(cfg.score_threshold))
     drifts = compare_features(samples["reference"], samples["current"], cfg.thresholds)
     drifted = [d.feature for d in drifts if d.drift]

@@ -9,6 +9,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+# The tag that names where a run's weights started: random-init, a hub name@revision or a directory (sha256).
+WEIGHTS_TAG = "cvexp.weights"
+
 
 def flatten_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as ``{"model.config.d_model": 64, ...}`` (MLflow params)."""
@@ -28,11 +31,13 @@ def flatten_config(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-def log_run_config(logger: Any, cfg: DictConfig, output_dir: Path) -> None:
-    """Logs the flattened config as params and the resolved ``config.yaml`` as an artifact.
+def log_run_config(logger: Any, cfg: DictConfig, output_dir: Path, tags: dict[str, str] | None = None) -> None:
+    """Logs the flattened config as params, the resolved ``config.yaml`` as an artifact, and ``tags``.
 
     In a job of a sweep, also tags the run with its sweep (see :func:`cvexp.sweeps.sweep_run_tags`).
     """
+    for name, value in (tags or {}).items():
+        logger.experiment.set_tag(logger.run_id, name, value)
     logger.log_hyperparams(flatten_config(cfg))
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "config.yaml"

@@ -1,24 +1,17 @@
-"""Prediction: a trained detector over a folder, a glob or a COCO split -> a COCO results json.
-
-:func:`run_prediction` is the job behind ``python -m cvexp.predict``.
-"""
+"""What to predict on: a folder of images, a glob, or a COCO split, as a dataset the predictor batches."""
 
 from __future__ import annotations
 
 import glob
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import Dataset
 
 from cvexp.data.coco import DetectionSample, DetectionTarget, load_coco, load_rgb_image
-from cvexp.evaluation.evaluator import coco_results, predict_dataset
-from cvexp.evaluation.plots import render_detections
 
 COCO_SPLIT_ANNOTATIONS = "_annotations.coco.json"
 
@@ -90,48 +83,3 @@ def unlabelled_sample(image: np.ndarray, image_id: int, file_name: str = "") -> 
         file_name=file_name,
     )  # fmt: skip
     return DetectionSample(image=image, target=target)
-
-
-@dataclass
-class PredictionSummary:
-    """What a prediction run wrote."""
-
-    results_path: Path
-    images_path: Path
-    num_images: int
-    num_detections: int
-    rendered: list[Path] = field(default_factory=list)
-
-
-def run_prediction(cfg: DictConfig) -> PredictionSummary:
-    """The ``cvexp.predict`` job: every detection of every input image, to ``predictions.json`` in the run directory.
-
-    Also writes ``images.json`` (``id``, ``file_name``, ``height``, ``width`` of each image, a COCO
-    ``images`` list) and, with ``render=true``, ``rendered/<id>_<name>.png``.
-    """
-    from cvexp.evaluation.checkpoint import load_trained_detector
-
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
-    detector = load_trained_detector(cfg.ckpt_path, device=cfg.get("device", "auto"))
-    dataset = ImageFilesDataset(resolve_inputs(str(cfg.inputs), cfg.get("annotation_file")))
-    predictions = predict_dataset(detector, dataset, int(cfg.batch_size), int(cfg.get("num_workers") or 0))
-
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    file_names = {image.image_id: image.file_name for image in dataset.images}
-    results = coco_results((detection for detection, _ in predictions), file_names)
-    summary = PredictionSummary(output_dir / "predictions.json", output_dir / "images.json", len(dataset), len(results))
-    summary.results_path.write_text(json.dumps(results))
-    summary.images_path.write_text(json.dumps(
-        [{"id": t.image_id, "file_name": t.file_name, "height": t.size[0], "width": t.size[1]} for _, t in predictions]
-    ))  # fmt: skip
-    if cfg.get("render"):
-        names = {c.id: c.name for c in detector.label_map.categories}
-        for index, (detection, target) in enumerate(predictions):
-            path = output_dir / "rendered" / f"{target.image_id}_{Path(target.file_name).stem}.png"
-            summary.rendered.append(render_detections(dataset[index].image, detection, names, float(cfg.render_score_threshold), path))
-    print(f"{summary.num_detections} detections on {summary.num_images} images -> {summary.results_path}")
-    if summary.rendered:
-        print(f"rendered images (score >= {cfg.render_score_threshold}) in {output_dir / 'rendered'}")
-    return summary

@@ -1,0 +1,103 @@
+"""The predictor: a trained model loaded from its artifact or checkpoint, run over batches on any device.
+
+It is the one inference path of cvexp: ``cvexp.evaluate``, ``cvexp.predict``, ``cvexp.register``,
+``cvexp.monitor`` and the served MLflow model all load a :class:`Predictor` and call it; the
+training run writes the artifact it loads (:mod:`cvexp.artifact`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from cvexp.adapters.base import Detections, OutputAdapter
+from cvexp.artifact import LoadedModel, ModelMetadata, load_model, save_artifact
+from cvexp.data.coco import DetectionTarget, LabelMap
+from cvexp.data.collate import DetectionCollator
+
+Prediction = tuple[Detections, DetectionTarget]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Predictor:
+    """A trained model with everything needed to feed it and read its outputs.
+
+    Args:
+        model: the Hugging Face model (put in eval mode on ``device``).
+        image_processor: the image processor it was trained with.
+        adapter: its output adapter (built with the model's label map).
+        metadata: the model's metadata (categories, image size, weights, metrics, training config).
+        device: where to run it (``auto``: CUDA when available).
+    """
+
+    def __init__(self, model: Any, image_processor: Any, adapter: OutputAdapter, metadata: ModelMetadata,
+                 device: str | torch.device = "auto") -> None:  # fmt: skip
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.image_processor = image_processor
+        self.adapter = adapter
+        self.metadata = metadata
+        self.collator = DetectionCollator(image_processor, adapter, image_size=metadata.image_size)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto") -> Predictor:
+        """Loads a model artifact directory or a Lightning checkpoint written by cvexp.train (nothing in it runs code)."""
+        loaded: LoadedModel = load_model(path)
+        return cls(loaded.model, loaded.image_processor, loaded.adapter, loaded.metadata, device)
+
+    @property
+    def label_map(self) -> LabelMap:
+        return self.adapter.label_map
+
+    @property
+    def image_size(self) -> int | None:
+        """The image size the model was trained at."""
+        return self.metadata.image_size
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved training config stored with the model."""
+        return self.metadata.config
+
+    def save(self, output_dir: Path) -> Path:
+        """Writes the model artifact (see :mod:`cvexp.artifact`) to ``output_dir``."""
+        return save_artifact(self.model, self.image_processor, self.metadata, output_dir)
+
+    def predict_batches(self, batches: Iterable[dict[str, Any]], description: str = "predicting", progress: bool = True) -> list[Prediction]:
+        """Runs the model over collated ``batches`` (with a progress bar unless ``progress`` is false, as in a
+        model server); detections come unthresholded, in original image coordinates."""
+        from rich.progress import track
+
+        predictions: list[Prediction] = []
+        total = len(batches) if hasattr(batches, "__len__") else None
+        iterator = track(batches, description=description, total=total, transient=True) if progress else batches
+        with torch.inference_mode():
+            for batch in iterator:
+                inputs = {"pixel_values": batch["pixel_values"].to(self.device), "pixel_mask": batch["pixel_mask"].to(self.device)}
+                outputs = self.model(**self.adapter.model_inputs(inputs, with_labels=False))
+                predictions += zip(self.adapter.format_predictions(outputs, batch["targets"]), batch["targets"], strict=True)
+        return predictions
+
+    def predict_dataset(self, dataset: Any, batch_size: int, num_workers: int = 0, description: str = "predicting") -> list[Prediction]:
+        """Every sample of ``dataset`` (a dataset of :class:`~cvexp.data.coco.DetectionSample`), batched and fed as in training."""
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=self.collator)
+        return self.predict_batches(loader, description=description)
+
+    def predict_images(self, images: Sequence[np.ndarray], batch_size: int = 8, progress: bool = False) -> list[Detections]:
+        """Unthresholded detections of HWC uint8 RGB ``images``, in their pixel coordinates."""
+        from cvexp.inference.inputs import unlabelled_sample
+
+        samples = [unlabelled_sample(image, index) for index, image in enumerate(images)]
+        batches = [self.collator(samples[start : start + batch_size]) for start in range(0, len(samples), batch_size)]
+        return [detection for detection, _ in self.predict_batches(batches, progress=progress)]
