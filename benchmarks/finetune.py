@@ -8,7 +8,7 @@
 
    - **from scratch**: random init (the recipe as it is);
    - **fine-tuned, same recipe**: ``model.pretrained=<artifact>``, everything else equal: the effect of the weights alone;
-   - **fine-tuned, finetune_local**: ``+experiment=[rbc_cells,finetune_local]`` (learning rate 3e-4, backbone at 0.3x).
+   - **fine-tuned, finetune_local**: ``+experiment=[rbc_cells,finetune_local]`` (the backbone at 0.3x the learning rate).
 
 Every epoch's checkpoint is kept; after training, each is evaluated on the test split through
 the one inference path (:class:`cvexp.inference.predictor.Predictor`). Recorded per run and epoch:
@@ -16,6 +16,9 @@ val mAP50 (logged by the training) and test mAP50. Seeds, data order and augment
 for every run.
 
     python benchmarks/finetune.py [--epochs 20] [--pretrained PATH] [--threads 2] [--write]
+
+The pretrained model is kept in ``outputs/benchmarks/finetune/pretrained_model`` (a model artifact), so
+that ``--pretrained`` can reuse it.
 
 ``--write`` puts the table into docs/benchmarks.md (section ``finetune``). Needs ../shared/datasets/rbc-cells
 (or CVEXP_RBC_CELLS). Run it on an otherwise idle machine.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -46,6 +50,7 @@ from cvexp.training import run_training  # noqa: E402
 
 RBC_CELLS = Path(os.environ.get("CVEXP_RBC_CELLS", REPO.parent / "shared" / "datasets" / "rbc-cells"))
 QUERIES = 50  # the RBC recipe's (up to 33 cells per image)
+KEPT = REPO / "outputs" / "benchmarks" / "finetune" / "pretrained_model"
 
 
 class ValidationHistory(L.Callback):
@@ -64,15 +69,17 @@ def pretrain(root: Path, threads: int) -> Path:
     started = time.perf_counter()
     summary = run_training(cfg)
     print(f"pretrained on the shapes in {(time.perf_counter() - started) / 60:.1f} min: val mAP50 {summary.val_metrics.get('map_50', float('nan')):.3f}")
-    return summary.artifact_dir
+    shutil.rmtree(KEPT, ignore_errors=True)
+    shutil.copytree(summary.artifact_dir, KEPT)
+    return KEPT
 
 
 def train_rbc(root: Path, name: str, overrides: list[str], epochs: int, threads: int) -> dict[str, object]:
     history = ValidationHistory()
-    cfg = compose_config(root / name, [
+    cfg = compose_config(root / re.sub(r"\W+", "_", name), [
         *overrides, f"data.root={RBC_CELLS}", f"trainer.max_epochs={epochs}", "trainer.check_val_every_n_epoch=1",
         f"num_threads={threads}", "logger=none", "report=none", "test_after_fit=false",
-        "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.filename=epoch{epoch:03d}",
+        "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.filename='epoch{epoch:03d}'",
     ])  # fmt: skip
     started = time.perf_counter()
     summary = run_training(cfg, extra_callbacks=[history])
@@ -125,7 +132,8 @@ def main() -> None:
     body = "\n".join([
         f"RBC cells, `+experiment=rbc_cells` (tiny RT-DETR, {QUERIES} queries, 256 px, batch 8), {args.epochs} epochs, validated every "
         f"epoch (val: 20 images); test mAP50 of every epoch's checkpoint (10 images) through `Predictor`. Pretrained model: "
-        f"{'the default run on the synthetic shapes' if args.pretrained is None else f'`{args.pretrained}`'}, {QUERIES} queries.",
+        + (f"the default run on the synthetic shapes with {QUERIES} queries (kept in `{KEPT.relative_to(REPO)}`)."
+           if args.pretrained is None or args.pretrained.resolve() == KEPT.resolve() else f"`{args.pretrained}`."),
         "",
         table(runs, args.epochs),
     ])

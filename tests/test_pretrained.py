@@ -56,6 +56,17 @@ def _tensors(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "model.safetensors"))
 
 
+class RecordTrainMode(L.Callback):
+    """Records, at the first training step, which modules of the model are in train mode."""
+
+    def __init__(self) -> None:
+        self.modes: dict[str, bool] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if not self.modes:
+            self.modes = {name: module.training for name, module in pl_module.model.named_modules()}
+
+
 # --- What cannot be loaded stops the run, naming model.pretrained, the reason and the fix ---
 
 
@@ -118,9 +129,12 @@ def test_another_architecture_stops_unless_a_partial_load_is_allowed(train_confi
         run_training(train_config(["model=yolos", f"model.pretrained={detr_artifact}", *QUIET]))
     assert "model.allow_partial_load=true" in str(error.value)
 
+    modes = RecordTrainMode()
     with caplog.at_level(logging.INFO, logger="cvexp"):
-        summary = run_training(train_config(["model=yolos", f"model.pretrained={detr_artifact}", "model.allow_partial_load=true", *QUIET]))
+        summary = run_training(train_config(["model=yolos", f"model.pretrained={detr_artifact}", "model.allow_partial_load=true", *QUIET]),
+                               extra_callbacks=[modes])  # fmt: skip
     assert summary.artifact_dir is not None and (summary.artifact_dir / "model.safetensors").is_file()
+    assert modes.modes and all(modes.modes.values())  # every module trains
     assert "model.allow_partial_load=true: re-initialised" in caplog.text
     assert "missing from the checkpoint (vit.embeddings" in caplog.text  # names what kept its random start
 
@@ -190,17 +204,6 @@ def test_other_classes_get_a_new_head_and_the_same_classes_keep_it(tmp_path: Pat
     assert same.weights.source == str(rt_detr_artifact.resolve()) and same.weights.sha256 == weights_sha256(rt_detr_artifact)
     assert same.weights.parent == {"source": RANDOM_INIT}  # the artifact's own start
     assert cfg.allow_partial_load is False
-
-
-class RecordTrainMode(L.Callback):
-    """Records, at the first training step, which modules of the model are in train mode."""
-
-    def __init__(self) -> None:
-        self.modes: dict[str, bool] = {}
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if not self.modes:
-            self.modes = {name: module.training for name, module in pl_module.model.named_modules()}
 
 
 @needs_rbc
