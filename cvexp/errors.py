@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,6 +28,10 @@ class CvexpError(Exception):
 
 class ConfigError(CvexpError, ValueError):
     """A config value that cannot work; the message names the field and the fix."""
+
+
+class DatasetError(CvexpError, ValueError):
+    """Bad dataset input; the message names the file, the record, the field and the fix."""
 
 
 class PretrainedWeightsError(ConfigError):
@@ -51,11 +56,32 @@ def exits_on_user_error(task: Task) -> Task:
         except CvexpError as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            log.error("%s", error)
+            _close_progress_bars()
+            log.error("%s", user_message(error))
             # SystemExit is not an Exception: Hydra lets it through without printing a traceback.
             raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
     return run  # type: ignore[return-value]
+
+
+def _close_progress_bars() -> None:
+    """Closes the progress bars an interrupted run left open, which would otherwise redraw below the message at exit."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def user_message(error: BaseException) -> str:
+    """The message of a :class:`CvexpError`, without the worker traceback that a DataLoader worker's error carries.
+
+    PyTorch re-raises an exception of a worker process in the main process as the same type, with
+    the worker's whole traceback as its message; the user's message is that traceback's last line.
+    """
+    text = str(error)
+    marker = f"{type(error).__name__}: "
+    if "Traceback (most recent call last)" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
 
 
 def instantiate(config: Any, /, **kwargs: Any) -> Any:

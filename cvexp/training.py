@@ -19,14 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvexp.artifact import ARTIFACT_DIR, ModelMetadata, load_checkpoint, public_model_class_name, save_artifact
 from cvexp.data import DetectionCollator
+from cvexp.data.validation import validation_table, write_validation_report
 from cvexp.engines.local import FitResult
+from cvexp.engines.resume import ResumeState, resume_state
 from cvexp.errors import instantiate
 from cvexp.evaluation.evaluator import dataset_image_loader, report_options, write_report
 from cvexp.evaluation.report import metrics_table, print_table
 from cvexp.models.detection_module import DetectionModule
-from cvexp.tracking.mlflow import WEIGHTS_TAG, log_run_config, ui_command
+from cvexp.tracking.mlflow import RESUMED_TAG, WEIGHTS_TAG, log_run_config, ui_command
 
 log = logging.getLogger(__name__)
+
+# <run dir>/data_validation.json: what validation kept and dropped per split, and images unreadable at training time.
+VALIDATION_FILE = "data_validation.json"
 
 
 @dataclass
@@ -74,6 +79,28 @@ def seed_and_threads(cfg: DictConfig) -> None:
         torch.set_num_threads(int(cfg.num_threads))
 
 
+def resume_run(cfg: DictConfig) -> ResumeState:
+    """With ``ckpt_path`` (a resume): the interrupted run's thread count, unless ``num_threads`` is set, and the
+    MLflow run to continue when it is in this run's store; nothing without one."""
+    if not cfg.get("ckpt_path"):
+        return ResumeState(None, None)
+    state = resume_state(cfg.ckpt_path)
+    if state.num_threads and not cfg.get("num_threads") and state.num_threads != torch.get_num_threads():
+        log.info("resuming with the checkpoint's %d torch threads (num_threads=N chooses others)", state.num_threads)
+        torch.set_num_threads(state.num_threads)
+    run_id = state.mlflow_run_id
+    if run_id and cfg.get("logger") and cfg.logger.get("tracking_uri"):
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        try:
+            MlflowClient(tracking_uri=cfg.logger.tracking_uri).get_run(run_id)
+        except MlflowException:
+            log.warning("the checkpoint's MLflow run %s is not in %s: the resumed training logs to a new run", run_id, cfg.logger.tracking_uri)
+            run_id = None
+    return ResumeState(run_id if cfg.get("logger") else None, state.num_threads)
+
+
 def build_training(cfg: DictConfig) -> tuple[DetectionModule, Any]:
     """Instantiates the DataModule and the LightningModule from ``cfg``; nothing is trained."""
     datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
@@ -111,18 +138,26 @@ def run_training(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = Non
     """
     route_lightning_logs()
     seed_and_threads(cfg)
+    resume = resume_run(cfg)
     module, datamodule = build_training(cfg)
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values() if callback]
     callbacks += extra_callbacks or []
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = instantiate(cfg.logger, **({"run_id": resume.mlflow_run_id} if resume.mlflow_run_id else {})) if cfg.get("logger") else False
     if not logger:
         # Learning rates can only be logged to a logger; Lightning refuses the callback without one.
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     engine = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     output_dir = Path(cfg.paths.output_dir)
+    # Nothing is dropped silently: what validation kept and dropped, before training starts.
+    reports = datamodule.validation_reports
+    print_table(validation_table(reports))
+    validation_file = write_validation_report(reports, output_dir / VALIDATION_FILE)
     if logger:
-        log_run_config(logger, cfg, output_dir, tags={WEIGHTS_TAG: module.metadata.weights.tag()})
+        resumed = {RESUMED_TAG: str(cfg.ckpt_path)} if resume.mlflow_run_id else {}
+        # A continued run keeps its params (MLflow never changes a logged param; ckpt_path differs now).
+        log_run_config(logger, cfg, output_dir, tags={WEIGHTS_TAG: module.metadata.weights.tag(), **resumed}, params=not resumed)
         module.metadata.mlflow_run_id = getattr(logger, "run_id", None)  # checkpoints and the artifact name their run
+        logger.experiment.log_artifact(logger.run_id, str(validation_file))
 
     started = time.perf_counter()
     fit = engine.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -143,6 +178,10 @@ def run_training(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = Non
         train_seconds=train_seconds,
         mlflow_run_id=getattr(logger, "run_id", None) if logger else None,
     )
+    if module.unreadable_images:  # skipped at read time (data.on_invalid=skip): added to the validation report
+        write_validation_report(reports, validation_file, module.unreadable_images)
+        if logger and summary.mlflow_run_id:
+            logger.experiment.log_artifact(summary.mlflow_run_id, str(validation_file))
     summary.artifact_dir = write_model_artifact(fit, module, test_metrics, summary.mlflow_run_id, output_dir / ARTIFACT_DIR)
     if logger and summary.mlflow_run_id and summary.artifact_dir:
         logger.experiment.log_artifacts(summary.mlflow_run_id, str(summary.artifact_dir), artifact_path=ARTIFACT_DIR)
@@ -194,6 +233,8 @@ def report(summary: TrainingSummary, cfg: DictConfig, logger: Any, module: Detec
         f"best {summary.optimized_metric}: {best}",
         f"best checkpoint: {summary.best_model_path or '-'}",
         f"model artifact: {summary.artifact_dir or '-'}",
+        f"data validation: {Path(cfg.paths.output_dir) / VALIDATION_FILE}"
+        + (f" ({len(module.unreadable_images)} images skipped as unreadable during training)" if module and module.unreadable_images else ""),
         f"run directory: {cfg.paths.output_dir}",
     ]
     # Each process of a multi-process test holds only its share of the detections: the report

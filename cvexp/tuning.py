@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ray import tune
 from ray.tune.integration import ray_train as ray_train_integration
 
-from cvexp.engines.ray_cleanup import PlacementGroupReaper, ReleaseWorkersWithController
+from cvexp.engines.ray_cleanup import PlacementGroupReaper
 from cvexp.sweeps import (
     JOB_RESULT_FILE,
     SWEEP_JOB_TAG,
@@ -206,8 +206,8 @@ def release_workers_when_stopped(config: DictConfig, reaper: str) -> None:
     workers' CPUs until the sweep ends, and the next trial would wait for them forever.
     """
     if runs_ray_train(config):
-        target = f"{ReleaseWorkersWithController.__module__}.{ReleaseWorkersWithController.__name__}"
-        _add_run_callback(config, {"_target_": target, "reaper": reaper})
+        # By name: the class subclasses Ray-internal callbacks, imported only in a trial that uses it.
+        _add_run_callback(config, {"_target_": "cvexp.engines.ray_train_callback.ReleaseWorkersWithController", "reaper": reaper})
 
 
 def _add_run_callback(config: DictConfig, callback: dict[str, Any]) -> None:

@@ -94,3 +94,33 @@ def test_first_annotation_with_id_zero_is_matched(tmp_path: Path) -> None:
     t = dataset[0].target
     values = _metric_values(dataset, [Detections(t.image_id, t.boxes, torch.ones(1), t.category_ids)])
     assert values["map_50"] == pytest.approx(1.0)
+
+
+@needs_rbc
+def test_an_image_seen_twice_is_counted_once() -> None:
+    """Under DDP the sampler repeats images to even out the ranks; the metric keeps each image's first occurrence."""
+    dataset = CocoDetectionDataset(CocoSplit(str(RBC_CELLS / "test")))
+    detections = _noisy_detections(dataset, seed=3)
+    targets = [dataset[i].target for i in range(len(dataset))]
+    once, twice = CocoDetectionMetric(dataset.label_map.categories), CocoDetectionMetric(dataset.label_map.categories)
+    once.update(detections, targets)
+    twice.update(detections, targets)
+    twice.update(detections[:3], targets[:3])  # the padding: three images again
+    expected = once.compute()
+    assert expected["map"] > 0.1
+    assert twice.compute() == pytest.approx(expected, abs=1e-12)
+    # Counting a repeated image's boxes and detections twice (what the metric did before) gives other numbers.
+    from cvexp.evaluation.coco_metric import evaluate_coco
+
+    doubled_targets = [
+        type(t)(t.image_id, torch.cat([t.boxes, t.boxes]), torch.cat([t.category_ids, t.category_ids]), torch.cat([t.iscrowd, t.iscrowd]),
+                torch.cat([t.area, t.area]), t.size, t.file_name) if i < 3 else t
+        for i, t in enumerate(targets)
+    ]  # fmt: skip
+    doubled = [Detections(d.image_id, torch.cat([d.boxes, d.boxes]), torch.cat([d.scores, d.scores]), torch.cat([d.category_ids, d.category_ids]))
+               if i < 3 else d for i, d in enumerate(detections)]  # fmt: skip
+    results = [row for d in doubled for row in d.to_coco_results()]
+    assert evaluate_coco(coco_ground_truth(doubled_targets, dataset.label_map.categories), results, dataset.label_map.categories)["map"] != pytest.approx(expected["map"], abs=1e-4)
+    repeated = CocoDetectionMetric(dataset.label_map.categories)
+    repeated.update(detections + detections[:3], targets + targets[:3])
+    assert repeated.compute() == pytest.approx(expected, abs=1e-12)  # in one update call too

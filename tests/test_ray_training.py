@@ -159,7 +159,8 @@ def test_the_reaper_frees_the_workers_of_a_ray_train_run_whose_driver_was_killed
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from cvexp.engines.ray_cleanup import PlacementGroupReaper, ReleaseWorkersWithController
+    from cvexp.engines.ray_cleanup import PlacementGroupReaper
+    from cvexp.engines.ray_train_callback import ReleaseWorkersWithController
 
     def fit(seconds: float) -> None:
         def train_loop(config: dict) -> None:
@@ -190,3 +191,41 @@ def test_the_reaper_frees_the_workers_of_a_ray_train_run_whose_driver_was_killed
         print(f"freed {freed_after:.1f} s after the kill")
     finally:
         ray.shutdown()
+
+
+class RecordValidationImages(L.Callback):
+    """Appends ``rank image_id`` for every image each rank validates."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        if not trainer.sanity_checking:
+            with self.path.open("a") as file:
+                file.writelines(f"{trainer.global_rank} {target.image_id}\n" for target in batch["targets"])
+
+
+def test_distributed_validation_counts_each_image_once(train_config, tmp_path: Path) -> None:
+    """5 validation images on 2 workers: one image is read twice (to even out the ranks) and counted once."""
+    from cvexp.evaluation.evaluator import run_evaluation
+    from tests.conftest import compose_train_config
+
+    small = ["data.prepare.num_train=40", "data.prepare.num_val=5", "data.prepare.num_test=5", f"paths.data_dir={tmp_path}/datasets",
+             "debug=smoke", "test_after_fit=false", "report=none", "logger=none", "trainer.limit_val_batches=1.0"]  # fmt: skip
+    # A model that detects something first (60 local steps), so that an image counted twice would change the metrics.
+    start = run_training(train_config([*small, "trainer.max_epochs=3", "trainer.limit_train_batches=20", f"paths.output_dir={tmp_path}/start"]))
+    assert start.val_metrics["map_50"] > 0.002
+    seen = RecordValidationImages(tmp_path / "validated.txt")
+    cfg = train_config(["trainer=ray", "trainer.num_workers=2", "trainer.max_epochs=1", f"model.pretrained={start.artifact_dir}", "optimizer.lr=1e-7",
+                        *small])  # fmt: skip
+    summary = run_training(cfg, extra_callbacks=[seen])
+
+    pairs = [tuple(map(int, line.split())) for line in (tmp_path / "validated.txt").read_text().splitlines()]
+    by_rank = {rank: [image for r, image in pairs if r == rank] for rank in (0, 1)}
+    assert len(by_rank[0]) == len(by_rank[1]) == 3 and len({image for _, image in pairs}) == 5  # 6 reads, 5 images
+    # The same checkpoint evaluated in one process, on the whole split: the same numbers.
+    single = run_evaluation(compose_train_config(tmp_path / "evaluate", tmp_path / "datasets",
+                                                 [f"ckpt_path={summary.artifact_dir}", "split=val", "logger=none"], config_name="evaluate"))  # fmt: skip
+    assert single.metrics["map_50"] > 0.002
+    for name in ("map", "map_50", "map_75", "mar_100", "ap/circle", "ap/square", "ap/triangle"):
+        assert summary.val_metrics[name] == pytest.approx(single.metrics[name], abs=1e-6), name

@@ -171,7 +171,7 @@ def test_trials_report_to_tune_from_lightning_or_from_their_ray_train_run() -> N
     assert distributed.callbacks == {} and distributed.trainer.run_callbacks == [{"_target_": "cvexp.tuning.TrainReportToTune"}]
     # A Ray Train trial also registers its workers' placement group with the sweep's reaper.
     release_workers_when_stopped(distributed, "the-reaper")
-    assert distributed.trainer.run_callbacks[-1] == {"_target_": "cvexp.engines.ray_cleanup.ReleaseWorkersWithController",
+    assert distributed.trainer.run_callbacks[-1] == {"_target_": "cvexp.engines.ray_train_callback.ReleaseWorkersWithController",
                                                      "reaper": "the-reaper"}  # fmt: skip
     release_workers_when_stopped(local, "the-reaper")
     assert "run_callbacks" not in local.trainer

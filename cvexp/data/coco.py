@@ -1,4 +1,4 @@
-"""COCO-format detection dataset on pycocotools, with input validation that names file and field.
+"""COCO-format detection dataset, on records checked by :mod:`cvexp.data.validation` before training.
 
 Boxes stay in the dataset's own terms here (absolute ``xywh``, the dataset's category ids);
 translating them for a model is the adapter's job.
@@ -6,26 +6,24 @@ translating them for a model is the adapter's job.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from pycocotools.coco import COCO
 
-InvalidPolicy = Literal["raise", "skip"]
-# Tolerance for boxes that overrun the image by rounding in annotation tools.
-_EDGE_TOLERANCE_PX = 1.0
-
-
-class DatasetError(ValueError):
-    """Bad dataset input; the message names the file, the record and the fix."""
+from cvexp.data.sampling import sample_seed
+from cvexp.data.validation import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageHeaderCache,
+    InvalidPolicy,
+    SplitReport,
+    load_annotation_file,
+    validate_coco_split,
+)
+from cvexp.errors import DatasetError
 
 
 @dataclass(frozen=True)
@@ -75,16 +73,15 @@ class LabelMap:
         return self._ids[labels.cpu().long()]
 
     @classmethod
-    def from_coco(cls, coco: COCO) -> LabelMap:
-        """Every category, except a supercategory that has no boxes of its own.
+    def from_records(cls, categories: list[dict], used_ids: set[int]) -> LabelMap:
+        """Every category of a COCO file, except a supercategory that has no boxes of its own.
 
         Roboflow exports list their supercategory (e.g. ``0 RBC-WBC``) as a category; training a
         class that never occurs would only cost capacity, so it is left out.
         """
-        categories = sorted(coco.dataset.get("categories", []), key=lambda c: c["id"])
-        parents = {c.get("supercategory") for c in categories}
-        used = {a["category_id"] for a in coco.dataset.get("annotations", [])}
-        kept = [c for c in categories if c["id"] in used or c["name"] not in parents]
+        ordered = sorted(categories, key=lambda c: c["id"])
+        parents = {c.get("supercategory") for c in ordered}
+        kept = [c for c in ordered if c["id"] in used_ids or c["name"] not in parents]
         return cls([Category(int(c["id"]), str(c["name"])) for c in kept])
 
 
@@ -123,97 +120,76 @@ class CocoSplit:
         return Path(self.images_dir) / "_annotations.coco.json"
 
 
-def load_coco(annotation_path: Path) -> COCO:
-    """Reads a COCO annotation file into pycocotools, with errors that say what to fix."""
-    if not annotation_path.is_file():
-        raise DatasetError(f"{annotation_path}: annotation file not found. Fix: point the data config's split at a COCO json.")
-    try:
-        content = json.loads(annotation_path.read_text())
-    except json.JSONDecodeError as error:
-        raise DatasetError(
-            f"{annotation_path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}."
-        ) from error
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(content.get(key), list):
-            raise DatasetError(f"{annotation_path}: field '{key}' is missing or not a list; a COCO detection file needs it.")
-    coco = COCO()
-    coco.dataset = content
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress on every index
-        coco.createIndex()
-    return coco
-
-
 class CocoDetectionDataset(torch.utils.data.Dataset):
     """Images and boxes of one COCO split, optionally passed through a bbox-aware augmentation.
+
+    The split is validated when the dataset is built (:func:`cvexp.data.validation.validate_coco_split`):
+    every record and every image header, before anything trains.
 
     Args:
         split: the images folder and annotation file.
         transform: an albumentations ``Compose`` built by :func:`cvexp.data.augmentation.detection_compose`.
         on_invalid: ``raise`` stops at the first bad record with a message naming it; ``skip``
-            warns and drops the record (a missing image drops the image, a bad box its annotation).
+            drops the record (an image with its annotations), counts it and lists it in ``report``.
+            An image that cannot be read later (changed since, disk error) is skipped likewise: the
+            sample comes back as an :class:`UnreadableImage`, which the collator leaves out and counts.
         cache_images: keep each decoded image in memory after its first read (each DataLoader
             worker holds its own copy). Worth it for small datasets read for many epochs: decoding
             is about a third of the data time of the default run.
+        max_image_pixels: the largest image accepted (width x height), a decompression-bomb guard.
+        header_cache: remembers checked image headers between runs (see :class:`ImageHeaderCache`).
+        name: the split's name (train, val, test), for messages.
     """
 
-    def __init__(
-        self, split: CocoSplit, transform: Any | None = None, on_invalid: InvalidPolicy = "raise", cache_images: bool = False
-    ) -> None:
-        if on_invalid not in ("raise", "skip"):
-            raise DatasetError(f"data.on_invalid is '{on_invalid}'; use 'raise' or 'skip'.")
+    def __init__(self, split: CocoSplit, transform: Any | None = None, on_invalid: InvalidPolicy = "raise", cache_images: bool = False,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, header_cache: ImageHeaderCache | None = None,
+                 name: str = "") -> None:  # fmt: skip
         self.split = split
         self.transform = transform
         self.on_invalid = on_invalid
+        self.max_image_pixels = max_image_pixels
         self.annotation_path = split.annotation_path
-        self.coco = load_coco(self.annotation_path)
-        self.label_map = LabelMap.from_coco(self.coco)
-        self.image_ids: list[int] = []
-        self._annotations: dict[int, list[dict]] = {}
+        validated = validate_coco_split(self.annotation_path, Path(split.images_dir), name, on_invalid, max_image_pixels, header_cache)
+        self.images: dict[int, dict[str, Any]] = validated.images
+        self._annotations = validated.annotations
+        self.categories = validated.categories
+        self.report: SplitReport = validated.report
+        used = {a["category_id"] for annotations in self._annotations.values() for a in annotations}
+        self.label_map = LabelMap.from_records(self.categories, used)
+        self.image_ids: list[int] = list(self.images)
         self._image_cache: dict[int, np.ndarray] | None = {} if cache_images else None
-        self._validate()
-
-    def _reject(self, message: str) -> None:
-        if self.on_invalid == "raise":
-            raise DatasetError(f"{message} Fix the record, or set data.on_invalid=skip to drop it with a warning.")
-        warnings.warn(f"{message} Skipped (data.on_invalid=skip).", stacklevel=3)
-
-    def _validate(self) -> None:
-        images_dir = Path(self.split.images_dir)
-        known_categories = {c["id"] for c in self.coco.dataset["categories"]}
-        for image_id in sorted(self.coco.imgs):
-            info = self.coco.imgs[image_id]
-            if not (images_dir / info["file_name"]).is_file():
-                self._reject(f"{self.annotation_path}: image {image_id} names file '{info['file_name']}', which is not in {images_dir}.")
-                continue
-            kept = []
-            for annotation in self.coco.imgToAnns.get(image_id, []):
-                problem = _annotation_problem(annotation, info, known_categories)
-                if problem:
-                    self._reject(f"{self.annotation_path}: annotation {annotation.get('id')} (image {image_id}, '{info['file_name']}'): {problem}.")
-                    continue
-                kept.append(annotation)
-            self.image_ids.append(image_id)
-            self._annotations[image_id] = kept
+        # Per-sample augmentation seeds (set by the DataModule): each sample's augmentation comes from
+        # (seed, epoch, index) alone. The epoch lives in shared memory so that worker processes see it.
+        self.augmentation_seed: int | None = None
+        self.epoch = torch.zeros((), dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int) -> DetectionSample:
+    def image_path(self, image_id: int) -> Path:
+        return Path(self.split.images_dir) / self.images[image_id]["file_name"]
+
+    def __getitem__(self, index: int) -> DetectionSample | UnreadableImage:
         image_id = self.image_ids[index]
-        info = self.coco.imgs[image_id]
-        image = self._load_image(image_id, info["file_name"])
+        info = self.images[image_id]
+        try:
+            image = self._load_image(image_id)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
+            if self.on_invalid == "raise":
+                raise DatasetError(f"{self.image_path(image_id)}: image {image_id} cannot be read ({type(error).__name__}: {error}); it "
+                                   "passed validation before training, so it changed since or the disk failed. Fix: restore the "
+                                   "file, or set data.on_invalid=skip to skip such images (counted in the run's summary).") from error  # fmt: skip
+            return UnreadableImage(image_id, str(self.image_path(image_id)), f"{type(error).__name__}: {error}")
         annotations = self._annotations[image_id]
         boxes = np.array([a["bbox"] for a in annotations], dtype=np.float32).reshape(-1, 4)
         category_ids = np.array([a["category_id"] for a in annotations], dtype=np.int64)
         iscrowd = np.array([a.get("iscrowd", 0) for a in annotations], dtype=np.int64)
-        area = np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in annotations], dtype=np.float32)
+        area = np.array([a["area"] for a in annotations], dtype=np.float32)
         if self.transform is not None:
-            height, width = image.shape[:2]
-            # Albumentations rejects boxes outside the image and boxes without area: clip the
-            # sub-pixel overruns, and pass only boxes with area (the others teach nothing).
-            boxes = _clip_xywh(boxes, width, height)
-            with_area = np.flatnonzero((boxes[:, 2] > 0) & (boxes[:, 3] > 0))
-            out = self.transform(image=image, bboxes=boxes[with_area], category_ids=category_ids[with_area], annotation_indices=with_area)
+            if self.augmentation_seed is not None:
+                self.transform.set_random_seed(sample_seed(self.augmentation_seed, int(self.epoch), index))
+            # Validation clipped every box to the image and dropped those without area, as albumentations needs.
+            out = self.transform(image=image, bboxes=boxes, category_ids=category_ids, annotation_indices=np.arange(len(boxes)))
             image = out["image"]
             kept = np.asarray(out["annotation_indices"], dtype=np.int64)
             boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
@@ -230,15 +206,26 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
         )
         return DetectionSample(image=image, target=target)
 
-    def _load_image(self, image_id: int, file_name: str) -> np.ndarray:
+    def _load_image(self, image_id: int) -> np.ndarray:
+        if self.max_image_pixels:
+            Image.MAX_IMAGE_PIXELS = max(self.max_image_pixels, Image.MAX_IMAGE_PIXELS or 0)  # validated against data.max_image_pixels
         if self._image_cache is None:
-            return load_rgb_image(Path(self.split.images_dir) / file_name)
+            return load_rgb_image(self.image_path(image_id))
         image = self._image_cache.get(image_id)
         if image is None:
-            image = load_rgb_image(Path(self.split.images_dir) / file_name)
+            image = load_rgb_image(self.image_path(image_id))
             image.flags.writeable = False  # shared by every epoch: a transform must not write into it
             self._image_cache[image_id] = image
         return image
+
+
+@dataclass(frozen=True)
+class UnreadableImage:
+    """A sample whose image could not be read at training time (``on_invalid=skip``): left out of its batch and counted."""
+
+    image_id: int
+    path: str
+    reason: str
 
 
 def load_rgb_image(path: Path | BinaryIO) -> np.ndarray:
@@ -253,31 +240,6 @@ def load_rgb_image(path: Path | BinaryIO) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def _annotation_problem(annotation: dict, image_info: dict, known_categories: set[int]) -> str | None:
-    """Returns what is wrong with one annotation, or ``None``."""
-    if annotation.get("category_id") not in known_categories:
-        return f"category_id {annotation.get('category_id')} is not among the file's categories {sorted(known_categories)}"
-    bbox = annotation.get("bbox")
-    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-        return f"bbox {bbox!r} is not [x, y, width, height]"
-    x, y, w, h = (float(v) for v in bbox)
-    if w < 0 or h < 0:
-        return f"bbox width/height is negative ({w}, {h})"
-    width, height = image_info.get("width"), image_info.get("height")
-    if width and height and (x < -_EDGE_TOLERANCE_PX or y < -_EDGE_TOLERANCE_PX
-                             or x + w > width + _EDGE_TOLERANCE_PX or y + h > height + _EDGE_TOLERANCE_PX):
-        return f"bbox {bbox} lies outside the {width}x{height} image"
-    return None
-
-
-def _clip_xywh(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    x1 = np.clip(boxes[:, 0], 0, width)
-    y1 = np.clip(boxes[:, 1], 0, height)
-    x2 = np.clip(boxes[:, 0] + boxes[:, 2], 0, width)
-    y2 = np.clip(boxes[:, 1] + boxes[:, 3], 0, height)
-    return np.stack([x1, y1, x2 - x1, y2 - y1], axis=1).astype(np.float32)
-
-
 __all__ = [
     "Category",
     "CocoDetectionDataset",
@@ -286,6 +248,7 @@ __all__ = [
     "DetectionSample",
     "DetectionTarget",
     "LabelMap",
-    "load_coco",
+    "UnreadableImage",
+    "load_annotation_file",
     "load_rgb_image",
 ]

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cvexp.data.coco import DetectionSample
+from cvexp.data.coco import DetectionSample, UnreadableImage
 
 if TYPE_CHECKING:
     from cvexp.adapters.base import OutputAdapter
@@ -17,7 +17,8 @@ class DetectionCollator:
 
     The image processor resizes, normalises and pads (``pixel_values``, ``pixel_mask``); the
     adapter turns each target into what the model family trains on (``labels``); the original
-    targets ride along for evaluation.
+    targets ride along for evaluation. Images that could not be read (``data.on_invalid=skip``)
+    are left out and listed under ``unreadable``; a batch of nothing else has no ``pixel_values``.
 
     Args:
         image_processor: a Hugging Face image processor of the model.
@@ -32,7 +33,11 @@ class DetectionCollator:
         self.adapter = adapter
         self.size = processor_size(image_processor, image_size) if image_size else None
 
-    def __call__(self, samples: list[DetectionSample]) -> dict[str, Any]:
+    def __call__(self, samples: list[DetectionSample | UnreadableImage]) -> dict[str, Any]:
+        unreadable = [s for s in samples if isinstance(s, UnreadableImage)]
+        samples = [s for s in samples if not isinstance(s, UnreadableImage)]
+        if not samples:
+            return {"targets": [], "labels": [], "unreadable": unreadable}
         extra = {"size": self.size} if self.size else {}
         encoded = self.image_processor(images=[s.image for s in samples], return_tensors="pt", **extra)
         targets = [s.target for s in samples]
@@ -40,6 +45,7 @@ class DetectionCollator:
             "pixel_values": encoded["pixel_values"],
             "labels": self.adapter.adapt_targets(targets),
             "targets": targets,
+            "unreadable": unreadable,
         }
         if "pixel_mask" in encoded:
             batch["pixel_mask"] = encoded["pixel_mask"]

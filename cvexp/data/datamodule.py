@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 
-from cvexp.data.coco import CocoDetectionDataset, CocoSplit, DatasetError, InvalidPolicy, LabelMap
+from cvexp.data.coco import CocoDetectionDataset, CocoSplit, DatasetError, LabelMap
+from cvexp.data.sampling import EpochSampler
+from cvexp.data.validation import DEFAULT_MAX_IMAGE_PIXELS, ImageHeaderCache, InvalidPolicy, SplitReport, check_same_categories
 
 
 class CocoDetectionDataModule(L.LightningDataModule):
@@ -27,10 +30,13 @@ class CocoDetectionDataModule(L.LightningDataModule):
         batch_size: images per batch (per device).
         num_workers: DataLoader worker processes; 0 loads in the training process.
         image_size: longer image side fed to the model; ``None`` keeps the processor's setting.
-        on_invalid: ``raise`` or ``skip`` bad records (see :class:`CocoDetectionDataset`).
+        on_invalid: ``raise`` or ``skip`` bad records (see :mod:`cvexp.data.validation`).
         prepare: called once before the splits are read, e.g. to generate a synthetic dataset.
         pin_memory: DataLoader ``pin_memory`` (faster host-to-GPU copies).
         cache_images: keep decoded images in memory (see :class:`CocoDetectionDataset`).
+        max_image_pixels: the largest image accepted (width x height): a guard against decompression bombs.
+        header_cache: a JSON file that remembers checked image headers, so that a second run reads
+            only the files that changed; ``None`` checks every file on every run.
     """
 
     def __init__(
@@ -47,6 +53,8 @@ class CocoDetectionDataModule(L.LightningDataModule):
         prepare: Callable[[], None] | None = None,
         pin_memory: bool = False,
         cache_images: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        header_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.splits = {
@@ -60,6 +68,11 @@ class CocoDetectionDataModule(L.LightningDataModule):
         self.prepare = prepare
         self.pin_memory = pin_memory
         self.cache_images = cache_images
+        self.max_image_pixels = max_image_pixels
+        self.header_cache = header_cache
+        self._header_cache: ImageHeaderCache | None = None
+        self.seed: int | None = None  # augmentation and order seeds; drawn at setup from torch's seeded generator
+        self._resume: dict[str, Any] = {}  # a checkpoint's place in its epoch (load_state_dict)
         self.collate_fn: Callable | None = None
         self.datasets: dict[str, CocoDetectionDataset] = {}
 
@@ -67,16 +80,34 @@ class CocoDetectionDataModule(L.LightningDataModule):
         if self.prepare is not None:
             self.prepare()
 
+    def split_dataset(self, name: str, transform: Any | None = None) -> CocoDetectionDataset:
+        """One split's dataset, validated with this data config's settings (only that split is read)."""
+        if name not in self.splits:
+            raise DatasetError(f"data.{name} is not set: the data config has no '{name}' split; it has {sorted(self.splits)}.")
+        if self._header_cache is None:  # one for every split: each saves what the others added
+            self._header_cache = ImageHeaderCache(self.header_cache)
+        return CocoDetectionDataset(self.splits[name], transform=transform, on_invalid=self.on_invalid, cache_images=self.cache_images,
+                                    max_image_pixels=self.max_image_pixels, header_cache=self._header_cache, name=name)  # fmt: skip
+
+    @property
+    def validation_reports(self) -> dict[str, SplitReport]:
+        """What validation kept, clipped and dropped, per split."""
+        self.setup()
+        return {name: dataset.report for name, dataset in self.datasets.items()}
+
     def setup(self, stage: str | None = None) -> None:
-        for name, split in self.splits.items():
-            if name not in self.datasets:
-                transform = self.augmentation if name == "train" else None
-                self.datasets[name] = CocoDetectionDataset(split, transform=transform, on_invalid=self.on_invalid,
-                                                           cache_images=self.cache_images)  # fmt: skip
-                if transform is not None:
-                    # albumentations draws from a generator of its own that no global seed reaches:
-                    # seed it from torch's, so that `seed=` makes the augmentations reproducible too.
-                    _seed_augmentation(transform, int(torch.randint(0, 2**31 - 1, (1,))) + self._rank)
+        missing = [name for name in self.splits if name not in self.datasets]
+        if missing and self.seed is None:
+            # albumentations draws from generators of its own that no global seed reaches: the
+            # per-sample seeds and the epochs' orders come from this, drawn from torch's seeded
+            # generator, so that `seed=` makes the run repeat (every rank draws the same).
+            self.seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        for name in missing:
+            transform = self.augmentation if name == "train" else None
+            self.datasets[name] = self.split_dataset(name, transform)
+            self.datasets[name].augmentation_seed = self.seed
+        if missing:
+            check_same_categories({name: dataset for name, dataset in self.datasets.items()})
 
     @property
     def label_map(self) -> LabelMap:
@@ -92,31 +123,42 @@ class CocoDetectionDataModule(L.LightningDataModule):
         if self.collate_fn is None:
             raise RuntimeError("CocoDetectionDataModule.collate_fn is unset: give it a DetectionCollator before loading.")
         self.setup()
+        dataset = self.datasets[name]
+        dataset.epoch.share_memory_()  # the sampler sets it here, worker processes read it (idempotent)
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = EpochSampler(len(dataset), self.seed or 0, shuffle=shuffle, rank=rank, world_size=world_size, epoch_tensor=dataset.epoch)
+        if shuffle and self._resume:
+            self._resume_sampler(sampler)
         return DataLoader(
-            self.datasets[name],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=self._seed_worker_augmentation if shuffle else None,
+            # numpy's and Python's generators in each worker, distinct per worker and rank (augmentation has its own seeds).
+            worker_init_fn=partial(pl_worker_init_function, rank=rank),
             drop_last=False,
         )
 
-    def _seed_worker_augmentation(self, worker_id: int) -> None:
-        # Each worker holds a copy of the pipeline; without a reseed every worker would draw the
-        # same augmentations. torch gives each worker a distinct seed derived from the run's seed.
-        # Lightning adds its own worker seeding only where a loader has none: call it here (it
-        # also mixes in the process rank, so DDP ranks draw differently).
-        pl_worker_init_function(worker_id, rank=self._rank)
-        info = get_worker_info()
-        if info is not None:
-            _seed_augmentation(info.dataset.transform, int(torch.randint(0, 2**31 - 1, (1,))))
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training stands in its epoch, saved in every checkpoint, so that a resumed run reads on from there."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return {"epoch": int(trainer.current_epoch), "batches_done": done, "epoch_finished": done >= trainer.num_training_batches}
 
-    @property
-    def _rank(self) -> int:
-        return self.trainer.global_rank if self.trainer is not None else 0
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict` from a checkpoint; the next training loader continues that epoch."""
+        self._resume = dict(state_dict)
+
+    def _resume_sampler(self, sampler: EpochSampler) -> None:
+        state, self._resume = self._resume, {}
+        if not state.get("epoch_finished", True):  # a finished epoch: Lightning starts the next one, from its start
+            sampler.resume(state["epoch"], state["batches_done"] * self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -126,11 +168,6 @@ class CocoDetectionDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
-
-
-def _seed_augmentation(augmentation: Any | None, seed: int) -> None:
-    if augmentation is not None and hasattr(augmentation, "set_random_seed"):
-        augmentation.set_random_seed(seed)
 
 
 def _as_split(spec: CocoSplit | dict, root: str | None) -> CocoSplit:

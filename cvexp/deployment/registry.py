@@ -164,7 +164,7 @@ def run_registration(cfg: DictConfig) -> RegistrationSummary:
             mlflow.log_metric(f"champion/{cfg.metric}", champion_value)
         mlflow.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
         # The input example: the split's first image, as a request sends it.
-        example_image = Path(dataset.split.images_dir) / dataset.coco.imgs[dataset.image_ids[0]]["file_name"]
+        example_image = dataset.image_path(dataset.image_ids[0])
         info = mlflow.pyfunc.log_model(name="model", registered_model_name=registry.model_name,
                                        **pyfunc_model_arguments(predictor, artifact_dir, example_image, float(cfg.score_threshold)))  # fmt: skip
     model_version = str(info.registered_model_version)

@@ -8,6 +8,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from cvexp.engines.resume import AtomicCheckpointIO
+
 
 @dataclass
 class FitResult:
@@ -44,7 +46,10 @@ class LocalEngine:
     """
 
     def __init__(self, callbacks: list[L.Callback] | None = None, logger: Any = False, precision: str = "auto", **trainer_options: Any) -> None:
-        self.trainer = L.Trainer(callbacks=callbacks or [], logger=logger, precision=resolve_precision(precision), **trainer_options)
+        # Checkpoints are written all-or-nothing: a kill during a write keeps the previous last.ckpt.
+        plugins = [*trainer_options.pop("plugins", []), AtomicCheckpointIO()]
+        self.trainer = L.Trainer(callbacks=callbacks or [], logger=logger, precision=resolve_precision(precision), plugins=plugins,
+                                 **trainer_options)  # fmt: skip
 
     def fit(self, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None = None) -> FitResult:
         self.trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -25,6 +25,7 @@ from typing import Any
 import lightning as L
 
 from cvexp.engines.local import FitResult, LocalEngine, resolve_precision
+from cvexp.engines.resume import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ def _train_worker(config: dict[str, Any]) -> None:
         accelerator="gpu" if config["use_gpu"] else "cpu",
         devices="auto",
         strategy=RayDDPStrategy(find_unused_parameters=config["find_unused_parameters"]),
-        plugins=[RayLightningEnvironment()],
+        plugins=[RayLightningEnvironment(), AtomicCheckpointIO()],
         callbacks=[*config["callbacks"], _report_after_validation()],
         logger=config["logger"],
         **options,

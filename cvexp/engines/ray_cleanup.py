@@ -12,8 +12,10 @@ and both leave the placement group behind. The two pieces below do the same job 
 
 - :class:`PlacementGroupReaper`, an actor the sweep starts, which holds a handle to every watched
   controller and removes the controller's placement groups once calls to it fail with "actor died";
-- :class:`ReleaseWorkersWithController`, a Ray Train callback (``trainer.run_callbacks``) that runs
-  in the controller and registers each worker group's placement group with the reaper.
+- :class:`cvexp.engines.ray_train_callback.ReleaseWorkersWithController`, a Ray Train callback
+  (``trainer.run_callbacks``) that runs in the controller and registers each worker group's
+  placement group with the reaper. It lives in a module of its own because it subclasses Ray
+  Train's internal callback classes: only a trial that trains with ``trainer=ray`` imports it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
-from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 log = logging.getLogger(__name__)
@@ -95,26 +96,3 @@ async def _is_alive(actor: Any, timeout_s: float = 30.0) -> bool:
     except asyncio.TimeoutError:
         return True
     return True
-
-
-class ReleaseWorkersWithController(ControllerCallback, WorkerGroupCallback):
-    """Ray Train callback: registers the run's placement groups with a :class:`PlacementGroupReaper`.
-
-    Put it in ``trainer.run_callbacks`` (the sweep does, for trials with ``trainer=ray``). Ray Train
-    calls it in the run's controller; it is one of Ray Train's controller callbacks, the extension
-    point Ray keeps for such workarounds (``ray.train.v2._internal.execution.callback``).
-
-    Args:
-        reaper: the name of the :class:`PlacementGroupReaper` actor (in the job's namespace).
-    """
-
-    def __init__(self, reaper: str) -> None:
-        self.reaper = reaper
-        self.controller: Any = None
-
-    def after_controller_start(self, train_run_context: Any) -> None:
-        self.controller = ray.get_runtime_context().current_actor
-
-    def after_worker_group_start(self, worker_group: Any) -> None:
-        placement_group = worker_group.get_worker_group_state().placement_group_handle.placement_group
-        ray.get(ray.get_actor(self.reaper).watch.remote(self.controller, placement_group))

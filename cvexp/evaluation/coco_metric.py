@@ -125,35 +125,57 @@ class CocoDetectionMetric(Metric):
     def __init__(self, categories: Sequence[Category], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.categories = list(categories)
-        # Rows: [image_id, x, y, w, h, score, category_id] and [image_id, x, y, w, h, category_id,
-        # iscrowd, area, height, width]; flat float64 tensors sync across processes as lists.
+        # Rows: [image_id, x, y, w, h, score, category_id, occurrence] and [image_id, x, y, w, h,
+        # category_id, iscrowd, area, occurrence]; images [image_id, height, width, occurrence].
+        # Flat float64 tensors, which sync across processes as lists.
         self.add_state("detection_rows", default=[], dist_reduce_fx="cat")
         self.add_state("target_rows", default=[], dist_reduce_fx="cat")
         self.add_state("image_rows", default=[], dist_reduce_fx="cat")
+        self._updates = 0
 
     def update(self, detections: Sequence[Detections], targets: Sequence[DetectionTarget]) -> None:
+        # Under DDP the sampler repeats images so that every rank has as many batches: each image is
+        # counted once, from its first occurrence (this process's rank and update count tell them apart).
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
         for detection, target in zip(detections, targets, strict=True):
-            image_id = torch.full((len(detection.scores), 1), float(detection.image_id), dtype=torch.float64)
+            occurrence = float(rank) * 2**32 + self._updates
+            self._updates += 1
+            count = len(detection.scores)
             self.detection_rows.append(torch.cat(
-                [image_id, detection.boxes.double(), detection.scores.double()[:, None], detection.category_ids.double()[:, None]], 1
+                [torch.full((count, 1), float(detection.image_id), dtype=torch.float64), detection.boxes.double(),
+                 detection.scores.double()[:, None], detection.category_ids.double()[:, None],
+                 torch.full((count, 1), occurrence, dtype=torch.float64)], 1
             ).to(self.device))  # fmt: skip
             count = len(target.boxes)
             self.target_rows.append(torch.cat(
                 [torch.full((count, 1), float(target.image_id), dtype=torch.float64), target.boxes.double(),
-                 target.category_ids.double()[:, None], target.iscrowd.double()[:, None], target.area.double()[:, None]], 1
+                 target.category_ids.double()[:, None], target.iscrowd.double()[:, None], target.area.double()[:, None],
+                 torch.full((count, 1), occurrence, dtype=torch.float64)], 1
             ).to(self.device))  # fmt: skip
-            self.image_rows.append(torch.tensor([[target.image_id, *target.size]], dtype=torch.float64, device=self.device))
+            self.image_rows.append(torch.tensor([[target.image_id, *target.size, occurrence]], dtype=torch.float64, device=self.device))
+
+    def reset(self) -> None:
+        super().reset()
+        self._updates = 0
 
     def compute(self) -> dict[str, float]:
-        images = _rows(self.image_rows, 3)
-        target_rows = _rows(self.target_rows, 8)
-        detection_rows = _rows(self.detection_rows, 7)
+        images = _rows(self.image_rows, 4)
+        target_rows = _rows(self.target_rows, 9)
+        detection_rows = _rows(self.detection_rows, 8)
+        # The first occurrence of every image (lowest occurrence key); repeats are dropped.
+        first: dict[float, tuple[float, int, int]] = {}
+        for image_id, height, width, occurrence in images.tolist():
+            if image_id not in first or occurrence < first[image_id][0]:
+                first[image_id] = (occurrence, int(height), int(width))
+        kept = np.array(sorted(occurrence for occurrence, _, _ in first.values()))
+        target_rows = target_rows[np.isin(target_rows[:, 8], kept)]
+        detection_rows = detection_rows[np.isin(detection_rows[:, 7], kept)][:, :7]
         targets = []
-        for image_id, height, width in np.unique(images, axis=0).tolist():
-            rows = target_rows[target_rows[:, 0] == image_id]
+        for image_id, (occurrence, height, width) in sorted(first.items()):
+            rows = target_rows[target_rows[:, 8] == occurrence]
             targets.append(DetectionTarget(
                 image_id=int(image_id), boxes=torch.from_numpy(rows[:, 1:5]), category_ids=torch.from_numpy(rows[:, 5]).long(),
-                iscrowd=torch.from_numpy(rows[:, 6]).long(), area=torch.from_numpy(rows[:, 7]), size=(int(height), int(width)),
+                iscrowd=torch.from_numpy(rows[:, 6]).long(), area=torch.from_numpy(rows[:, 7]), size=(height, width),
             ))  # fmt: skip
         return evaluate_coco(coco_ground_truth(targets, self.categories), detection_rows, self.categories)
 

@@ -162,7 +162,7 @@ def evaluation_split(data_cfg: DictConfig | dict, split: str, categories: Sequen
     datamodule.prepare_data()  # e.g. writes the synthetic dataset when it is not there yet
     if split not in datamodule.splits:
         raise DatasetError(f"split={split}: the data config has no '{split}' split; pick one of {sorted(datamodule.splits)}.")
-    dataset = CocoDetectionDataset(datamodule.splits[split], on_invalid=datamodule.on_invalid)
+    dataset = datamodule.split_dataset(split)
     unknown = {c.id for c in dataset.label_map.categories} - {c.id for c in categories}
     if unknown:
         raise DatasetError(f"{dataset.annotation_path}: category ids {sorted(unknown)} are not among the model's classes "

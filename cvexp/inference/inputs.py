@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cvexp.data.coco import DetectionSample, DetectionTarget, load_coco, load_rgb_image
+from cvexp.data.coco import DetectionSample, DetectionTarget, load_annotation_file, load_rgb_image
 
 COCO_SPLIT_ANNOTATIONS = "_annotations.coco.json"
 
@@ -41,8 +41,8 @@ def resolve_inputs(inputs: str, annotation_file: str | None = None) -> list[Imag
     root = Path(inputs)
     annotations = Path(annotation_file) if annotation_file else root / COCO_SPLIT_ANNOTATIONS
     if annotations.is_file():
-        coco = load_coco(annotations)
-        images = [ImageInput(int(info["id"]), root / info["file_name"], info["file_name"]) for _, info in sorted(coco.imgs.items())]
+        records = sorted(load_annotation_file(annotations)["images"], key=lambda info: info["id"])
+        images = [ImageInput(int(info["id"]), root / info["file_name"], info["file_name"]) for info in records]
         missing = [image.file_name for image in images if not image.path.is_file()]
         if missing:
             raise FileNotFoundError(f"{annotations}: {len(missing)} listed images are not in {root} (first: '{missing[0]}'). "

@@ -84,6 +84,8 @@ class Predictor:
         iterator = track(batches, description=description, total=total, transient=True) if progress else batches
         with torch.inference_mode():
             for batch in iterator:
+                if "pixel_values" not in batch:  # every image of it unreadable (data.on_invalid=skip): nothing to predict
+                    continue
                 inputs = {"pixel_values": batch["pixel_values"].to(self.device), "pixel_mask": batch["pixel_mask"].to(self.device)}
                 outputs = self.model(**self.adapter.model_inputs(inputs, with_labels=False))
                 predictions += zip(self.adapter.format_predictions(outputs, batch["targets"]), batch["targets"], strict=True)

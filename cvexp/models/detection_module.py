@@ -14,6 +14,7 @@ import torch
 from cvexp.adapters.base import Detections, OutputAdapter
 from cvexp.artifact import CHECKPOINT_KEY, ModelMetadata, checkpoint_section
 from cvexp.data.coco import DetectionTarget
+from cvexp.engines.resume import RANDOM_STATE_KEY, THREADS_KEY, random_states, restore_random_states
 from cvexp.evaluation.coco_metric import CocoDetectionMetric
 from cvexp.models.huggingface import backbone_parameter_names
 
@@ -70,11 +71,14 @@ class DetectionModule(L.LightningModule):
         # The last test run's detections and targets, for the evaluation report after training.
         self.test_predictions: list[tuple[Detections, DetectionTarget]] = []
         self._validated_epoch: int | None = None
+        # Images that could not be read at training time and were skipped (path -> why), in this process.
+        self.unreadable_images: dict[str, str] = {}
+        self._pending_random_state: dict[str, Any] | None = None
 
     def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict[str, Any]:
         # Only what the model reads moves; the original targets stay on the CPU, where the COCO
         # metric reads them. (Lightning's generic walk over every target costs ~2 % of a CPU step.)
-        if device.type == "cpu":
+        if device.type == "cpu" or "pixel_values" not in batch:
             return batch
         moved = dict(batch)
         for key in ("pixel_values", "pixel_mask"):
@@ -85,7 +89,17 @@ class DetectionModule(L.LightningModule):
     def forward(self, batch: dict[str, Any]) -> Any:
         return self.model(**self.adapter.model_inputs(batch, with_labels="labels" in batch))
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def _readable(self, batch: dict[str, Any]) -> bool:
+        """Notes the images of ``batch`` that could not be read (``data.on_invalid=skip``); False when nothing else is left."""
+        for image in batch.get("unreadable", ()):
+            if image.path not in self.unreadable_images:
+                log.warning("skipped an image that cannot be read (data.on_invalid=skip): %s (%s)", image.path, image.reason)
+                self.unreadable_images[image.path] = image.reason
+        return "pixel_values" in batch
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if not self._readable(batch):
+            return None  # Lightning skips the optimizer step
         adapted = self.adapter.adapt_output(self(batch))
         batch_size = len(batch["targets"])
         self.log("train/loss", adapted.loss, prog_bar=True, on_epoch=True, batch_size=batch_size)
@@ -96,6 +110,8 @@ class DetectionModule(L.LightningModule):
         return adapted.loss
 
     def _evaluation_step(self, batch: dict[str, Any], stage: str, metric: CocoDetectionMetric) -> None:
+        if not self._readable(batch):
+            return
         outputs = self(batch)
         self.log(f"{stage}/loss", self.adapter.adapt_output(outputs).loss, batch_size=len(batch["targets"]), sync_dist=True)
         detections = self.adapter.format_predictions(outputs, batch["targets"])
@@ -154,7 +170,20 @@ class DetectionModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._pending_random_state is not None:
+            # Resumed: the generators as they were after the checkpoint's step, set just before the
+            # next one (dataloader set-up and the sanity check in between have drawn from them).
+            restore_random_states(self._pending_random_state)
+            self._pending_random_state = None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_random_state = checkpoint.get(RANDOM_STATE_KEY)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What the next step draws, and the thread count its sums depend on: a resume repeats it (cvexp/engines/resume.py).
+        checkpoint[RANDOM_STATE_KEY] = random_states()
+        checkpoint[THREADS_KEY] = torch.get_num_threads()
         # Enough to rebuild the model (evaluate, register, serve) with neither the config files nor
         # model.pretrained: the metadata, the Hugging Face config and the image processor.
         if self.metadata is None or self.image_processor is None:

@@ -11,6 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 # The tag that names where a run's weights started: random-init, a hub name@revision or a directory (sha256).
 WEIGHTS_TAG = "cvexp.weights"
+# On a run that a training resumed from a checkpoint continued: the checkpoint it resumed from.
+RESUMED_TAG = "cvexp.resumed_from"
 
 
 def flatten_config(cfg: DictConfig) -> dict[str, Any]:
@@ -31,14 +33,15 @@ def flatten_config(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-def log_run_config(logger: Any, cfg: DictConfig, output_dir: Path, tags: dict[str, str] | None = None) -> None:
-    """Logs the flattened config as params, the resolved ``config.yaml`` as an artifact, and ``tags``.
+def log_run_config(logger: Any, cfg: DictConfig, output_dir: Path, tags: dict[str, str] | None = None, params: bool = True) -> None:
+    """Logs the flattened config as params (unless ``params`` is false), the resolved ``config.yaml`` as an artifact, and ``tags``.
 
     In a job of a sweep, also tags the run with its sweep (see :func:`cvexp.sweeps.sweep_run_tags`).
     """
     for name, value in (tags or {}).items():
         logger.experiment.set_tag(logger.run_id, name, value)
-    logger.log_hyperparams(flatten_config(cfg))
+    if params:
+        logger.log_hyperparams(flatten_config(cfg))
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "config.yaml"
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
