@@ -77,7 +77,8 @@ def main() -> None:
         model_dir = Path(tmp) / "pyfunc"
         mlflow.pyfunc.save_model(str(model_dir), **pyfunc_model_arguments(predictor, artifact, paths[0], 0.5))
         in_process = mlflow.pyfunc.load_model(str(model_dir))
-        with mlflow_model_server(str(model_dir)) as url, requests.Session() as session:
+        with mlflow_model_server(str(model_dir)) as server, requests.Session() as session:
+            url = server.url
             for batch in (1, 8):
                 frame = pd.DataFrame({IMAGE_COLUMN: encoded[:batch]})
                 payload = {"dataframe_split": {"columns": [IMAGE_COLUMN], "data": [[e] for e in encoded[:batch]]}}

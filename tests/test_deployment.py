@@ -144,7 +144,8 @@ def test_served_model_answers_like_in_process_prediction(trained, registered, tm
         "no image column": {"dataframe_split": {"columns": ["picture"], "data": [[not_an_image]]}},
     }
     log_path = tmp_path / "server.log"
-    with mlflow_model_server(f"models:/{MODEL_NAME}@{CHALLENGER}", tracking_uri=_tracking_uri(root), log_path=log_path) as url:
+    with mlflow_model_server(f"models:/{MODEL_NAME}@{CHALLENGER}", tracking_uri=_tracking_uri(root), log_path=log_path) as server:
+        url = server.url
         response = requests.post(f"{url}/invocations", json=payload, timeout=60)
         assert response.status_code == 200, response.text
         served = response.json()["predictions"]

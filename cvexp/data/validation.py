@@ -32,7 +32,7 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from PIL import Image
 
@@ -130,14 +130,16 @@ class ImageHeaderCache:
             self.changed = False
 
 
-def read_image_header(file: Path) -> dict[str, Any]:
-    """The header of an image file: ``width`` and ``height`` upright (as its EXIF orientation shows it,
-    as training reads it), ``mode``, ``format``; raises ``ValueError`` saying why the file cannot be used."""
-    if file.stat().st_size == 0:
+def read_image_header(file: Path | BinaryIO) -> dict[str, Any]:
+    """The header of an image file (a path or an open binary file): ``width`` and ``height`` upright (as
+    its EXIF orientation shows it, as training reads it), ``mode``, ``format``; raises ``ValueError``
+    saying why the file cannot be used."""
+    empty = file.stat().st_size == 0 if isinstance(file, Path) else len(file.getbuffer()) == 0 if hasattr(file, "getbuffer") else False
+    if empty:
         raise ValueError("the file is empty (0 bytes)")
     limit = Image.MAX_IMAGE_PIXELS
     try:
-        # data.max_image_pixels is the one limit (_pixel_limit_problem): Pillow's own, fixed one is lifted for the header.
+        # data.max_image_pixels is the one limit (pixel_limit_problem): Pillow's own, fixed one is lifted for the header.
         Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -163,10 +165,11 @@ def _orientation(image: Image.Image) -> int | None:
     return None
 
 
-def _pixel_limit_problem(header: dict[str, Any], max_image_pixels: int | None) -> str | None:
+def pixel_limit_problem(header: dict[str, Any], max_image_pixels: int | None, setting: str = "data.max_image_pixels") -> str | None:
+    """Why an image of ``header``'s size is refused under ``max_image_pixels`` (the config ``setting``), or ``None``."""
     pixels = header["width"] * header["height"]
     if max_image_pixels and pixels > max_image_pixels:
-        return (f"{header['width']}x{header['height']} = {pixels:,} pixels is above data.max_image_pixels={max_image_pixels:,} "
+        return (f"{header['width']}x{header['height']} = {pixels:,} pixels is above {setting}={max_image_pixels:,} "
                 "(a decompression-bomb guard); raise the limit if the image is genuine")  # fmt: skip
     return None
 
@@ -305,7 +308,7 @@ def _check_image(index: int, record: Any, images_dir: Path, file: str, reject: _
             reject(Problem("image file unreadable", str(path), where, "file", str(error)))
             return
         cache.put(path, stat, header)
-    too_large = _pixel_limit_problem(header, max_image_pixels)
+    too_large = pixel_limit_problem(header, max_image_pixels)
     if too_large:
         reject(Problem("image above the pixel limit", str(path), where, "file", too_large))
         return

@@ -19,6 +19,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
+import re
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,9 @@ IMAGE_COLUMN = "image"
 # The key of the model artifact among the MLflow model's artifacts (``artifacts/model/`` inside it).
 MODEL_ARTIFACT = "model"
 DEFAULT_SCORE_THRESHOLD = 0.5
+# Serving limits (conf/register.yaml, serving.*): an image's pixels, and a request's bytes.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 
 def _bad_request(message: str) -> MlflowException:
@@ -41,15 +46,66 @@ def _bad_request(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def decode_images(model_input: pd.DataFrame | dict | list) -> list[np.ndarray]:
+# MLflow's scoring server (3.x) puts the request's data into its error messages ("Failed to predict
+# data '<the DataFrame>'", "of data '<...>' with schema", "Input: <the body>") and a server-side
+# stack trace into the JSON; an error answer must not send a client's payload (images, someone's data)
+# back or out to logs. These are cut out of every error it answers.
+_ECHOES = (
+    (re.compile(r"^Failed to predict data '.*?'\. \nError: ", re.DOTALL), ""),
+    (re.compile(r" of data '.*?' with schema", re.DOTALL), " with schema"),
+    (re.compile(r"\s*Input: \n.*\Z", re.DOTALL), ""),
+)
+
+
+def scrub_error(error: MlflowException) -> MlflowException:
+    """``error`` without the request data or stack trace that MLflow's scoring server put into it."""
+    message = error.message
+    for pattern, replacement in _ECHOES:
+        message = pattern.sub(replacement, message)
+    error.message = message
+    error.json_kwargs.pop("stack_trace", None)
+    return error
+
+
+def guard_scoring_server(max_request_bytes: int | None) -> None:
+    """In the server process (from ``load_context``): refuse bodies above ``max_request_bytes`` (413) and
+    scrub the payload out of every error answer (:func:`scrub_error`).
+
+    It wraps ``mlflow.pyfunc.scoring_server.invocations``, which the server's ``/invocations`` route
+    calls by name for each request; in any other process it changes nothing that is used.
+    """
+    from mlflow.pyfunc import scoring_server
+
+    original = scoring_server.invocations
+    if getattr(original, "cvexp_guarded", False):
+        return
+
+    def invocations(data: bytes | str, content_type: str, model: Any, input_schema: Any) -> Any:
+        if max_request_bytes and len(data) > max_request_bytes:
+            body = {"error_code": "REQUEST_TOO_LARGE", "message": f"the request body has {len(data):,} bytes, above the served model's "
+                    f"max_request_bytes={max_request_bytes:,}; send fewer or smaller images per request."}  # fmt: skip
+            return scoring_server.InvocationsResponse(response=json.dumps(body), status=413, mimetype="application/json")
+        try:
+            return original(data, content_type, model, input_schema)
+        except MlflowException as error:
+            raise scrub_error(error) from None
+
+    invocations.cvexp_guarded = True  # type: ignore[attr-defined]
+    scoring_server.invocations = invocations
+
+
+def decode_images(model_input: pd.DataFrame | dict | list, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> list[np.ndarray]:
     """The base64-encoded images of a request as HWC uint8 RGB arrays; a bad payload raises a 400 error.
 
     Accepts a DataFrame with an ``image`` column (what the scoring server builds from
-    ``dataframe_split`` or ``inputs``), a ``{"image": [...]}`` dict, or a list of base64 strings.
+    ``dataframe_split`` or ``inputs``), a ``{"image": [...]}`` dict, or a list of base64 strings. An
+    image whose header claims more than ``max_image_pixels`` pixels is refused before it is decoded.
+    Messages name the row and the problem, never the payload.
     """
-    from PIL import UnidentifiedImageError
+    from PIL import Image
 
     from cvexp.data.coco import load_rgb_image
+    from cvexp.data.validation import pixel_limit_problem, read_image_header
 
     if isinstance(model_input, pd.DataFrame):
         if IMAGE_COLUMN not in model_input.columns:
@@ -71,10 +127,19 @@ def decode_images(model_input: pd.DataFrame | dict | list) -> list[np.ndarray]:
         except (binascii.Error, ValueError) as error:
             raise _bad_request(f"{IMAGE_COLUMN}[{index}] is not valid base64 ({error}).") from error
         try:
+            header = read_image_header(io.BytesIO(data))
+        except ValueError as error:
+            raise _bad_request(f"{IMAGE_COLUMN}[{index}]: {len(data)} bytes that are not an image ({str(error).split(' (')[0]}).") from error
+        too_large = pixel_limit_problem(header, max_image_pixels, setting="the served model's max_image_pixels")
+        if too_large:
+            raise _bad_request(f"{IMAGE_COLUMN}[{index}]: {too_large}.")
+        try:
+            if max_image_pixels:  # checked above: Pillow's own bomb guard must not refuse what the limit allows
+                Image.MAX_IMAGE_PIXELS = max(max_image_pixels, Image.MAX_IMAGE_PIXELS or 0)
             # The loader training and evaluation use: upright by EXIF, transparency on white.
             images.append(load_rgb_image(io.BytesIO(data)))
-        except (UnidentifiedImageError, OSError) as error:
-            raise _bad_request(f"{IMAGE_COLUMN}[{index}] decodes to {len(data)} bytes that are not an image Pillow can read ({error}).") from error
+        except (OSError, ValueError, Image.DecompressionBombError) as error:  # a header that promised more than the data holds
+            raise _bad_request(f"{IMAGE_COLUMN}[{index}]: the image cannot be decoded ({type(error).__name__}).") from error
     return images
 
 
@@ -109,25 +174,32 @@ class CvexpDetectorModel(mlflow.pyfunc.PythonModel):
             ``params={"score_threshold": ...}`` says otherwise.
     """
 
-    def __init__(self, score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> None:
+    def __init__(self, score_threshold: float = DEFAULT_SCORE_THRESHOLD, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES) -> None:  # fmt: skip
         self.score_threshold = score_threshold
+        self.max_image_pixels = max_image_pixels
+        self.max_request_bytes = max_request_bytes
         self.predictor: Any = None
 
     def load_context(self, context: Any) -> None:
-        """Loads the model artifact (the MLflow model's ``model`` artifact directory) on the CPU."""
+        """Loads the model artifact (the MLflow model's ``model`` artifact directory) on the CPU, and guards the server."""
         from cvexp.inference.predictor import Predictor
 
         self.predictor = Predictor.load(context.artifacts[MODEL_ARTIFACT], device="cpu")
+        guard_scoring_server(getattr(self, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[list[dict[str, Any]]]:
         """Per image, its detections scoring at least ``params["score_threshold"]`` (see the module doc)."""
-        threshold = float((params or {}).get("score_threshold", self.score_threshold))
-        images = decode_images(model_input)
+        threshold = (params or {}).get("score_threshold", self.score_threshold)
+        if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
+            raise _bad_request(f"params.score_threshold={threshold!r}: give a number from 0 to 1.")
+        images = decode_images(model_input, getattr(self, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
         names = {category.id: category.name for category in self.predictor.label_map.categories}
         return [detection_records(detections, names, threshold) for detections in self.predictor.predict_images(images)]
 
 
-def pyfunc_model_arguments(predictor: Any, artifact_dir: Path, example_image: Path, score_threshold: float) -> dict[str, Any]:
+def pyfunc_model_arguments(predictor: Any, artifact_dir: Path, example_image: Path, score_threshold: float,
+                           max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES) -> dict[str, Any]:  # fmt: skip
     """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for ``predictor``, whose model artifact is ``artifact_dir``.
 
     The signature (input column, output records, the ``score_threshold`` param) is inferred from a
@@ -140,7 +212,7 @@ def pyfunc_model_arguments(predictor: Any, artifact_dir: Path, example_image: Pa
     # Threshold 0 for the example output only: it shows the record fields even for a weak model.
     example_output = [detection_records(d, names, 0.0) for d in predictor.predict_images(decode_images(example))]
     return {
-        "python_model": CvexpDetectorModel(score_threshold),
+        "python_model": CvexpDetectorModel(score_threshold, max_image_pixels, max_request_bytes),
         "artifacts": {MODEL_ARTIFACT: str(artifact_dir)},
         "signature": infer_signature(example, example_output, params={"score_threshold": score_threshold}),
         "input_example": example,

@@ -166,7 +166,8 @@ def run_registration(cfg: DictConfig) -> RegistrationSummary:
         # The input example: the split's first image, as a request sends it.
         example_image = dataset.image_path(dataset.image_ids[0])
         info = mlflow.pyfunc.log_model(name="model", registered_model_name=registry.model_name,
-                                       **pyfunc_model_arguments(predictor, artifact_dir, example_image, float(cfg.score_threshold)))  # fmt: skip
+                                       **pyfunc_model_arguments(predictor, artifact_dir, example_image, float(cfg.score_threshold),
+                                                                **dict(cfg.get("serving") or {})))  # fmt: skip
     model_version = str(info.registered_model_version)
     client.set_model_version_tag(registry.model_name, model_version, METRIC_NAME_TAG, cfg.metric)
     client.set_model_version_tag(registry.model_name, model_version, METRIC_VALUE_TAG, repr(metric_value))

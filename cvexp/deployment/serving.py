@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -26,10 +27,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Server:
+    """A running model server: its base URL and the process id of ``mlflow models serve`` (its workers are children)."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
 def mlflow_model_server(model_uri: str, tracking_uri: str | None = None, startup_timeout: float = 180.0,
-                        log_path: Path | None = None) -> Iterator[str]:  # fmt: skip
-    """Serves ``model_uri`` with ``mlflow models serve --env-manager local`` on 127.0.0.1; yields its base URL.
+                        log_path: Path | None = None) -> Iterator[Server]:  # fmt: skip
+    """Serves ``model_uri`` with ``mlflow models serve --env-manager local`` on 127.0.0.1; yields the :class:`Server`.
 
     Waits (at most ``startup_timeout`` seconds) until ``/ping`` answers, and stops the server and
     its workers on exit. ``tracking_uri`` is the store that resolves a ``models:/`` URI.
@@ -61,7 +70,7 @@ def mlflow_model_server(model_uri: str, tracking_uri: str | None = None, startup
             if time.monotonic() > deadline:
                 raise TimeoutError(f"mlflow models serve -m {model_uri} did not answer {url}/ping within {startup_timeout:.0f} s")
             time.sleep(0.5)
-        yield url
+        yield Server(url, process.pid)
     finally:
         _stop(process)
         if log_path:
