@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Offline by default: the quickstart and the tests build every model from its config.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup train test test-slow benchmark clean
+.PHONY: setup train test test-slow test-long benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -21,10 +21,14 @@ train: setup
 	$(PY) -m cvexp.train $(ARGS)
 
 test: setup
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -m "not slow and not long" $(ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -m slow $(ARGS)
+
+# The longest drills (kill -9 and resume, the serving load test): run before a release, not in CI.
+test-long: setup
+	$(PY) -m pytest -m long $(ARGS)
 
 benchmark: setup
 	$(PY) benchmarks/training_throughput.py $(ARGS)

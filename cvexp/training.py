@@ -46,6 +46,7 @@ class TrainingSummary:
     train_seconds: float = 0.0
     mlflow_run_id: str | None = None
     artifact_dir: Path | None = None  # the model artifact, <run dir>/model (cvexp.artifact)
+    startup_seconds: float | None = None  # trainer=ray: from the cluster's start to the first training step
 
 
 class _DropLightningTips(logging.Filter):
@@ -177,6 +178,7 @@ def run_training(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = Non
         test_metrics=test_metrics,
         train_seconds=train_seconds,
         mlflow_run_id=getattr(logger, "run_id", None) if logger else None,
+        startup_seconds=fit.startup_seconds,
     )
     if module.unreadable_images:  # skipped at read time (data.on_invalid=skip): added to the validation report
         write_validation_report(reports, validation_file, module.unreadable_images)

@@ -73,6 +73,8 @@ def test_two_ray_workers_train_one_mlflow_run_with_local_metric_names(train_conf
     assert best.is_file() and best.is_relative_to(tmp_path / "outputs" / "ray")  # Ray Train's best checkpoint
     assert summary.optimized_value is not None
     assert {"map", "map_50", "ap/circle"} <= set(summary.val_metrics) and {"map", "map_50"} <= set(summary.test_metrics)
+    # Start-up never stalls silently, and on this machine it is quick: the time is measured (and logged).
+    assert summary.startup_seconds is not None and 0 < summary.startup_seconds < 90, summary.startup_seconds
     # The driver writes the run's model artifact from the best checkpoint the workers reported.
     assert summary.artifact_dir == tmp_path / "run" / "model" and (summary.artifact_dir / "model.safetensors").is_file()
 
@@ -84,7 +86,10 @@ def test_two_ray_workers_train_one_mlflow_run_with_local_metric_names(train_conf
     assert any(item.path == "config.yaml" for item in client.list_artifacts(run.info.run_id))
     # With the dashboard, Ray Train's placement-group cleaner can ask whether the run is alive (without
     # it, it warns once a second throughout training).
-    assert "State API may be temporarily unavailable" not in capfd.readouterr().err
+    output = capfd.readouterr()
+    assert "State API may be temporarily unavailable" not in output.err
+    # Ray Train's controller finds its autoscaling coordinator running (cvexp starts it): no timeout traceback.
+    assert "Failed to send resource request" not in output.err + output.out
 
 
 def test_a_killed_ray_worker_resumes_from_the_last_checkpoint(train_config, tmp_path: Path) -> None:
@@ -229,3 +234,25 @@ def test_distributed_validation_counts_each_image_once(train_config, tmp_path: P
     assert single.metrics["map_50"] > 0.002
     for name in ("map", "map_50", "map_75", "mar_100", "ap/circle", "ap/square", "ap/triangle"):
         assert summary.val_metrics[name] == pytest.approx(single.metrics[name], abs=1e-6), name
+
+
+def test_while_workers_wait_for_resources_the_run_says_so_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import time
+
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from cvexp.engines.ray_startup import StartupWatch
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        waiting = placement_group([{"CPU": 2}])  # more than the cluster has: it stays pending
+        with caplog.at_level(logging.INFO, logger="cvexp"), StartupWatch(None, "1 workers x {'CPU': 2}", time.time(), interval=0.5):
+            time.sleep(1.8)
+        remove_placement_group(waiting)
+    finally:
+        ray.shutdown()
+    lines = [r.getMessage() for r in caplog.records if "no training step yet" in r.getMessage()]
+    assert 2 <= len(lines) <= 4  # once per interval, not a stream
+    assert "asked for 1 workers x {'CPU': 2}; the cluster has 1 of 1 CPUs free; its workers' resources are not free yet" in lines[0]

@@ -32,7 +32,7 @@ def _final_val_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
     return {name: value for name, value in client.get_run(run_id).data.metrics.items() if name.startswith("val/")}
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_run_killed_mid_epoch_and_resumed_ends_as_the_uninterrupted_one(tmp_path: Path) -> None:
     data_dir = tmp_path / "datasets"
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow/mlflow.db")

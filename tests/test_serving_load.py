@@ -11,7 +11,7 @@ from cvexp.training import run_training
 from tests.conftest import compose_train_config
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_the_served_model_answers_1000_requests_and_refuses_every_malformed_one(tmp_path: Path, shared_data_dir: Path) -> None:
     # 60 steps: a model whose detections differ from image to image, so a mixed-up answer shows.
     cfg = compose_train_config(tmp_path, shared_data_dir, ["debug=smoke", "trainer.max_epochs=1", "trainer.limit_train_batches=60",

@@ -20,6 +20,7 @@ class FitResult:
     monitor: str | None
     metrics: dict[str, float]  # the last logged value of every metric
     trainer: L.Trainer | None  # None when the training ran in other processes (RayEngine)
+    startup_seconds: float | None = None  # from the engine's start (a Ray cluster) to the first training step
 
 
 def resolve_precision(precision: str) -> str:

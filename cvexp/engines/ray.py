@@ -18,19 +18,17 @@ import logging
 import tempfile
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
-from cvexp.engines.local import FitResult, LocalEngine, resolve_precision
-from cvexp.engines.resume import AtomicCheckpointIO
+from cvexp.engines.local import FitResult, LocalEngine
+from cvexp.engines.ray_startup import FIRST_STEP_MARKER, StartupWatch, start_autoscaling_coordinator
+from cvexp.engines.ray_worker import CHECKPOINT_FILE, train_worker
 
 log = logging.getLogger(__name__)
 
-# The file name RayTrainReportCallback gives the Lightning checkpoint inside a Ray checkpoint.
-_CHECKPOINT_FILE = "checkpoint.ckpt"
 
 
 class RayEngine:
@@ -131,25 +129,34 @@ class RayEngine:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
+        cluster_started = time.time()
         started_here = self._connect()
         try:
+            start_autoscaling_coordinator()
             resources = {"CPU": self.cpus_per_worker} | ({"GPU": self.gpus_per_worker} if self.use_gpu else {})
             name = self.name or f"cvexp-{time.strftime('%Y-%m-%d_%H-%M-%S')}-{uuid.uuid4().hex[:6]}"
+            storage = self.storage_path or str(Path("~/ray_results").expanduser())
+            # The first training step marks it here, for the start-up watch (local storage only: remote storage is not polled).
+            marker = None if "://" in storage else Path(storage) / name / FIRST_STEP_MARKER
+            # The model, data, callbacks and logger go to the workers through the object store: Ray Train's
+            # controller passes the reference on without unpickling them, so it never imports torch,
+            # Lightning or transformers (on a loaded 2-core machine that import took it minutes).
+            payload = ray.put({
+                "module": module,
+                "datamodule": datamodule,
+                "callbacks": self.callbacks,
+                "logger": self._logger_for_workers(),
+                "trainer_options": {"precision": self.precision, **self.trainer_options},
+                "use_gpu": self.use_gpu,
+                "cpus_per_worker": self.cpus_per_worker,
+                "find_unused_parameters": self.find_unused_parameters,
+                "seed": self.seed,
+                "ckpt_path": ckpt_path,
+                "first_step_marker": str(marker) if marker else None,
+            })  # fmt: skip
             trainer = TorchTrainer(
-                _train_worker,
-                # Ray pickles this once for all workers (and again for each restart after a failure).
-                train_loop_config={
-                    "module": module,
-                    "datamodule": datamodule,
-                    "callbacks": self.callbacks,
-                    "logger": self._logger_for_workers(),
-                    "trainer_options": {"precision": self.precision, **self.trainer_options},
-                    "use_gpu": self.use_gpu,
-                    "cpus_per_worker": self.cpus_per_worker,
-                    "find_unused_parameters": self.find_unused_parameters,
-                    "seed": self.seed,
-                    "ckpt_path": ckpt_path,
-                },
+                train_worker,  # by reference: cvexp.engines.ray_worker imports nothing heavy at the top
+                train_loop_config={"payload": payload},
                 scaling_config=ScalingConfig(num_workers=self.num_workers, use_gpu=self.use_gpu, resources_per_worker=resources),
                 run_config=RunConfig(
                     name=name,
@@ -163,7 +170,12 @@ class RayEngine:
                     callbacks=self.run_callbacks,
                 ),
             )
-            result = trainer.fit()  # raises ray.train.TrainingFailedError once max_failures are spent
+            with StartupWatch(marker, f"{self.num_workers} workers x {resources}", cluster_started) as watch:
+                result = trainer.fit()  # raises ray.train.TrainingFailedError once max_failures are spent
+            startup_seconds = watch.first_step_seconds()
+            if startup_seconds is not None:
+                log.info("Ray Train: the first training step began %.1f s after the cluster %s", startup_seconds,
+                         "started" if started_here else "was joined")  # fmt: skip
             log.info("Ray Train run %s finished: %s", name, result.path)
             best = None
             if self.checkpoint_score_attribute:
@@ -177,6 +189,7 @@ class RayEngine:
                 monitor=self.checkpoint_score_attribute,
                 metrics={key: float(value) for key, value in (result.metrics or {}).items() if isinstance(value, int | float)},
                 trainer=None,
+                startup_seconds=startup_seconds,
             )
         finally:
             if started_here:
@@ -223,73 +236,6 @@ def _local_checkpoint_file(checkpoint: Any) -> str:
     import pyarrow.fs
 
     if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
-        return str(Path(checkpoint.path) / _CHECKPOINT_FILE)
+        return str(Path(checkpoint.path) / CHECKPOINT_FILE)
     directory = checkpoint.to_directory(tempfile.mkdtemp(prefix="cvexp-ray-checkpoint-"))
-    return str(Path(directory) / _CHECKPOINT_FILE)
-
-
-def _report_after_validation() -> L.Callback:
-    """A ``RayTrainReportCallback`` that reports (metrics + checkpoint) only after epochs that validated.
-
-    Ray ranks checkpoints by ``checkpoint_score_attribute``; a checkpoint from an epoch without
-    validation would carry a missing or stale score. Built inside the worker: the base class reads
-    the Ray Train context when constructed.
-
-    It is also a Lightning ``Checkpoint`` callback, which Lightning runs after the other callbacks,
-    after the configured ``ModelCheckpoint`` has saved: the state in Ray's checkpoint then knows the
-    files ``ModelCheckpoint`` wrote, and a restarted worker goes on updating them (``last.ckpt``, not
-    a new ``last-v1.ckpt``).
-    """
-    from lightning.pytorch.callbacks import Checkpoint
-    from ray.train.lightning import RayTrainReportCallback
-
-    class ReportAfterValidation(RayTrainReportCallback, Checkpoint):
-        def __init__(self) -> None:
-            super().__init__()
-            self.validated_epoch = -1
-
-        def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            if not trainer.sanity_checking:
-                self.validated_epoch = trainer.current_epoch
-
-        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            if self.validated_epoch == trainer.current_epoch:
-                super().on_train_epoch_end(trainer, pl_module)
-
-    return ReportAfterValidation()
-
-
-def _train_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: a Lightning trainer with Ray's DDP strategy, resumed from Ray's latest checkpoint."""
-    import ray.train
-    import torch
-    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
-
-    # Each worker computes with the CPUs it reserved: workers sharing a machine would otherwise each
-    # start a thread per core and oversubscribe it.
-    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    if config["seed"] is not None:
-        # Every rank the same seed, as Lightning seeds DDP processes; the samplers still give each
-        # rank its own share of the data, and workers=True derives distinct DataLoader worker seeds.
-        L.seed_everything(int(config["seed"]), workers=True, verbose=False)
-    # The COCO metrics are already gathered from every rank before they are logged (DetectionModule),
-    # so Lightning's advice to sync them once more is noise, repeated per metric and per worker.
-    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
-    options = dict(config["trainer_options"])
-    options["precision"] = resolve_precision(options["precision"])
-    trainer = L.Trainer(
-        accelerator="gpu" if config["use_gpu"] else "cpu",
-        devices="auto",
-        strategy=RayDDPStrategy(find_unused_parameters=config["find_unused_parameters"]),
-        plugins=[RayLightningEnvironment(), AtomicCheckpointIO()],
-        callbacks=[*config["callbacks"], _report_after_validation()],
-        logger=config["logger"],
-        **options,
-    )
-    trainer = prepare_trainer(trainer)
-    checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the workers after a failure
-    if checkpoint is None:
-        trainer.fit(config["module"], datamodule=config["datamodule"], ckpt_path=config["ckpt_path"])
-        return
-    with checkpoint.as_directory() as directory:
-        trainer.fit(config["module"], datamodule=config["datamodule"], ckpt_path=str(Path(directory) / _CHECKPOINT_FILE))
+    return str(Path(directory) / CHECKPOINT_FILE)
