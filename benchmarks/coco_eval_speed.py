@@ -24,7 +24,7 @@ from pycocotools.cocoeval import COCOeval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import replace_section  # noqa: E402
-from cvexp.data.coco import Category  # noqa: E402
+from cvexp.data.labels import Category  # noqa: E402
 from cvexp.evaluation.coco_metric import COCO_STAT_NAMES, evaluate_coco  # noqa: E402
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"

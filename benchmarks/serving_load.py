@@ -161,15 +161,15 @@ def serve_and_load(artifact: Path, image_paths: list[Path], requests_total: int 
     """Saves the pyfunc model of ``artifact`` (as ``cvexp.register`` logs it), serves it, and runs :func:`run_load`."""
     import mlflow.pyfunc
 
-    from cvexp.data.coco import load_rgb_image
-    from cvexp.deployment.pyfunc import detection_records, encode_image_file, pyfunc_model_arguments
+    from cvexp.data.images import load_rgb_image
+    from cvexp.deployment.pyfunc import encode_image_file, pyfunc_model_arguments
     from cvexp.deployment.serving import mlflow_model_server
     from cvexp.inference.predictor import Predictor
 
     predictor = Predictor.load(artifact, device="cpu")
     names = {c.id: c.name for c in predictor.label_map.categories}
 
-    expected = [detection_records(d, names, SCORE_THRESHOLD) for d in predictor.predict_images([load_rgb_image(p) for p in image_paths])]
+    expected = [predictor.task.response(d, names, {"score_threshold": SCORE_THRESHOLD}) for d in predictor.predict_images([load_rgb_image(p) for p in image_paths])]
     images = [encode_image_file(p) for p in image_paths]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "pyfunc"

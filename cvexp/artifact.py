@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from cvexp import __version__
-from cvexp.data.coco import Category, LabelMap
+from cvexp.data.labels import Category, LabelMap
 from cvexp.errors import CvexpError, UnsafeArtifactError
 from cvexp.models.pretrained import WeightSource
 

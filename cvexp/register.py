@@ -1,6 +1,6 @@
 """Register a checkpoint: ``python -m cvexp.register ckpt_path=<run dir>/model [run_id=...] [promote=true]``.
 
-Thin entry point: compose the config, then hand it to :func:`cvexp.deployment.registry.run_registration`.
+Thin entry point: compose the config, then hand it to :func:`cvexp.deployment.registration.run_registration`.
 The heavy imports happen inside the task, so ``--help`` stays fast.
 """
 
@@ -16,7 +16,7 @@ from cvexp.paths import CONFIG_DIR
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="register")
 @exits_on_user_error
 def main(cfg: DictConfig) -> None:
-    from cvexp.deployment.registry import run_registration
+    from cvexp.deployment.registration import run_registration
 
     run_registration(cfg)
 

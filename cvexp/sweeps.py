@@ -3,7 +3,7 @@
 :class:`SweepSummary` is a Hydra callback (registered in ``conf/hydra/default.yaml``). It works the
 same with every launcher, the basic one and ``hydra/launcher=ray`` alike, because everything a job
 contributes is written by the job itself: its ``job_result.json`` in its own output directory, and
-its MLflow run tagged with the sweep (:func:`sweep_run_tags`, called when the run's config is logged).
+its MLflow run tagged with the sweep (:func:`cvexp.tracking.mlflow.sweep_run_tags`, called when the run's config is logged).
 
 - sweep start: an MLflow parent run for the sweep (when the config logs to MLflow);
 - each job's end: ``<job dir>/job_result.json`` (overrides, status, the optimised metric's value);
@@ -22,53 +22,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cvexp.tracking.mlflow import SWEEP_JOB_TAG, SWEEP_ROLE_TAG, SWEEP_TAG, experiment_id, parent_run_id
+
 log = logging.getLogger(__name__)
 
 JOB_RESULT_FILE = "job_result.json"
-# Tags on the MLflow runs of a sweep. A sweep's runs share SWEEP_TAG (its directory), so the UI
-# lists them with the filter  tags.sweep = '<sweep dir>'; they are also children of the parent run.
-SWEEP_TAG = "sweep"
-SWEEP_JOB_TAG = "sweep_job"
-SWEEP_ROLE_TAG = "sweep_role"
-_PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: nests a run under its parent in the UI
-
-
-def _multirun_hydra_config() -> DictConfig | None:
-    """Hydra's config when this process runs a job of a multirun; None otherwise."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    return hydra_cfg if hydra_cfg.mode == RunMode.MULTIRUN else None
-
-
-def parent_run_id(client: Any, experiment_id: str, sweep: str) -> str | None:
-    """The MLflow parent run of the sweep whose directory is ``sweep``; None if there is none."""
-    query = f"tags.{SWEEP_TAG} = '{sweep}' and tags.{SWEEP_ROLE_TAG} = 'parent'"
-    runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
-    return runs[0].info.run_id if runs else None
-
-
-def sweep_run_tags(client: Any, experiment_id: str) -> dict[str, str]:
-    """The tags that put a job's MLflow run into its sweep; empty outside a multirun.
-
-    Args:
-        client: an ``mlflow.MlflowClient`` on the run's store.
-        experiment_id: the run's experiment, where the sweep's parent run is looked up.
-    """
-    hydra_cfg = _multirun_hydra_config()
-    if hydra_cfg is None:
-        return {}
-    sweep = str(hydra_cfg.sweep.dir)
-    tags = {SWEEP_TAG: sweep, SWEEP_JOB_TAG: str(hydra_cfg.job.num), SWEEP_ROLE_TAG: "job"}
-    parent = parent_run_id(client, experiment_id, sweep)
-    if parent:
-        tags[_PARENT_RUN_TAG] = parent
-    return tags
-
-
 class SweepSummary(Callback):
     """Groups a sweep's MLflow runs under a parent run and ranks its jobs when it ends.
 
@@ -213,8 +171,6 @@ def mlflow_store(config: DictConfig) -> tuple[Any, str] | None:
     if not logger_cfg or not logger_cfg.get("tracking_uri") or not logger_cfg.get("experiment_name"):
         return None
     from mlflow.tracking import MlflowClient
-
-    from cvexp.tracking.mlflow import experiment_id
 
     client = MlflowClient(tracking_uri=str(logger_cfg.tracking_uri))
     # Created as Lightning's MLFlowLogger would create it, so that the jobs' runs land in it too.

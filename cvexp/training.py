@@ -18,14 +18,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from cvexp.artifact import ARTIFACT_DIR, ModelMetadata, load_checkpoint, public_model_class_name, save_artifact
-from cvexp.data import DetectionCollator
+from cvexp.data import BatchCollator
 from cvexp.data.validation import validation_table, write_validation_report
 from cvexp.engines.local import FitResult
 from cvexp.engines.resume import ResumeState, resume_state
-from cvexp.errors import instantiate
-from cvexp.evaluation.evaluator import dataset_image_loader, report_options, write_report
+from cvexp.errors import ConfigError, instantiate
+from cvexp.evaluation.evaluator import dataset_image_loader
 from cvexp.evaluation.report import metrics_table, print_table
-from cvexp.models.detection_module import DetectionModule
+from cvexp.models.task_module import VisionTaskModule
 from cvexp.tracking.mlflow import RESUMED_TAG, WEIGHTS_TAG, log_run_config, ui_command
 
 log = logging.getLogger(__name__)
@@ -102,16 +102,20 @@ def resume_run(cfg: DictConfig) -> ResumeState:
     return ResumeState(run_id if cfg.get("logger") else None, state.num_threads)
 
 
-def build_training(cfg: DictConfig) -> tuple[DetectionModule, Any]:
+def build_training(cfg: DictConfig) -> tuple[VisionTaskModule, Any]:
     """Instantiates the DataModule and the LightningModule from ``cfg``; nothing is trained."""
     datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
     datamodule.prepare_data()  # e.g. writes the synthetic dataset on first use
     label_map = datamodule.label_map  # the class list comes from the data, never from config
+    task = instantiate(cfg.task)
     adapter = instantiate(cfg.adapter, label_map=label_map)
+    if adapter.task != task.name:
+        raise ConfigError(f"adapter.name={cfg.adapter.get('name')} (the model option's adapter) serves {adapter.task} models, and "
+                          f"task={task.name}. Fix: pick a {task.name} model (docs/models.md lists them by task), or task={adapter.task}.")  # fmt: skip
     detector = instantiate(cfg.model, label_map=label_map)
-    datamodule.collate_fn = DetectionCollator(detector.image_processor, adapter, image_size=datamodule.image_size)
+    datamodule.collate_fn = BatchCollator(detector.image_processor, adapter, image_size=datamodule.image_size)
     metadata = ModelMetadata(
-        task=adapter.task,
+        task=task.name,
         model_class=public_model_class_name(detector.model),
         adapter=OmegaConf.to_container(cfg.adapter, resolve=True),
         categories=list(label_map.categories),
@@ -119,9 +123,10 @@ def build_training(cfg: DictConfig) -> tuple[DetectionModule, Any]:
         weights=detector.weights,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    module = DetectionModule(
+    module = VisionTaskModule(
         model=detector.model,
         adapter=adapter,
+        task=task,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         backbone_lr_scale=cfg.get("backbone_lr_scale", 1.0),
@@ -191,7 +196,7 @@ def run_training(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = Non
     return summary
 
 
-def write_model_artifact(fit: FitResult, module: DetectionModule, test_metrics: dict[str, float], mlflow_run_id: str | None,
+def write_model_artifact(fit: FitResult, module: VisionTaskModule, test_metrics: dict[str, float], mlflow_run_id: str | None,
                          output_dir: Path) -> Path | None:  # fmt: skip
     """Writes the run's model artifact (:mod:`cvexp.artifact`) for its best checkpoint, with that checkpoint's metrics.
 
@@ -219,7 +224,7 @@ def _stage_metrics(metrics: dict[str, float], stage: str) -> dict[str, float]:
     return {name[len(prefix):]: value for name, value in metrics.items() if name.startswith(prefix)}
 
 
-def report(summary: TrainingSummary, cfg: DictConfig, logger: Any, module: DetectionModule | None = None,
+def report(summary: TrainingSummary, cfg: DictConfig, logger: Any, module: VisionTaskModule | None = None,
            datamodule: Any = None) -> None:  # fmt: skip
     """Prints the run's summary table, where its files are, and how to open MLflow.
 
@@ -243,9 +248,9 @@ def report(summary: TrainingSummary, cfg: DictConfig, logger: Any, module: Detec
     # then comes from `python -m cvexp.evaluate` on the best checkpoint instead.
     single_process = module is not None and module._trainer is not None and module.trainer.world_size == 1
     if summary.test_metrics and cfg.get("report") and single_process and module.test_predictions:
-        evaluation = write_report(module.test_predictions, module.adapter.label_map.categories,
-                                  Path(cfg.paths.output_dir) / "evaluation" / "test",
-                                  dataset_image_loader(datamodule.datasets["test"]), **report_options(cfg.report))  # fmt: skip
+        evaluation = module.task.write_report(module.test_predictions, module.adapter.label_map.categories,
+                                              Path(cfg.paths.output_dir) / "evaluation" / "test",
+                                              dataset_image_loader(datamodule.datasets["test"]), cfg.report)  # fmt: skip
         if logger and summary.mlflow_run_id:
             for path in evaluation.files.values():
                 logger.experiment.log_artifact(summary.mlflow_run_id, str(path), artifact_path="evaluation/test")

@@ -34,15 +34,8 @@ from ray import tune
 from ray.tune.integration import ray_train as ray_train_integration
 
 from cvexp.engines.ray_cleanup import PlacementGroupReaper
-from cvexp.sweeps import (
-    JOB_RESULT_FILE,
-    SWEEP_JOB_TAG,
-    SWEEP_TAG,
-    mlflow_store,
-    parent_run_id,
-    set_hydra_config,
-    write_job_result,
-)
+from cvexp.sweeps import JOB_RESULT_FILE, mlflow_store, set_hydra_config, write_job_result
+from cvexp.tracking.mlflow import SWEEP_JOB_TAG, SWEEP_TAG, parent_run_id
 
 log = logging.getLogger(__name__)
 

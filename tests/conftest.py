@@ -48,6 +48,18 @@ def compose_train_config(tmp_path: Path, data_dir: Path, overrides: list[str] | 
     return cfg
 
 
+def model_tasks() -> dict[str, str]:
+    """Each option of conf/model/ and the task it serves: the one its adapter (chosen in its defaults list) speaks."""
+    from cvexp.adapters import available_adapters
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        options = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
+        tasks = {model: available_adapters()[compose("train", overrides=[f"model={model}"]).adapter.name].task for model in options}
+    GlobalHydra.instance().clear()
+    return tasks
+
+
 @pytest.fixture
 def train_config(tmp_path: Path, shared_data_dir: Path):
     """A factory: ``train_config(["model=detr", ...])`` -> composed config rooted in ``tmp_path``."""

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cvexp.adapters import DetrAdapter, OutputAdapter, SigmoidDetrAdapter, available_adapters, create_adapter
-from cvexp.data import Category, DetectionCollator, DetectionSample, DetectionTarget, LabelMap
+from cvexp.data import BatchCollator, Category, DetectionTarget, LabelMap, Sample
 from cvexp.data.collate import processor_size
 
 # Non-contiguous dataset ids, as real exports have them.
@@ -91,7 +91,7 @@ def test_yolos_adapter_config_passes_no_pixel_mask() -> None:
 
 
 def test_unknown_adapter_name_lists_the_known_ones() -> None:
-    with pytest.raises(KeyError, match=r"adapter.name='nope' is not registered; known adapters: \['detr', 'rt_detr', 'sigmoid_detr'"):
+    with pytest.raises(KeyError, match=r"adapter.name='nope' is not registered; known adapters: \['detr', 'image_classification', 'rt_detr', 'semantic_segmentation', 'sigmoid_detr'"):
         create_adapter("nope", LABEL_MAP)
 
 
@@ -123,7 +123,7 @@ FINAL_LAYER_PARTS = {"loss_vfl", "loss_bbox", "loss_giou"}
 
 
 def _model_and_adapter(option: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any, OutputAdapter]:
-    """(model option, Detector, adapter) built from conf/model/<option>.yaml with random weights."""
+    """(model option, BuiltModel, adapter) built from conf/model/<option>.yaml with random weights."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
@@ -141,12 +141,12 @@ def rt_detr_family(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     return _model_and_adapter(request.param, tmp_path_factory)
 
 
-def _samples() -> list[DetectionSample]:
+def _samples() -> list[Sample]:
     """Two images of different shapes and aspect ratios, with boxes of every class."""
     generator = np.random.default_rng(0)
     return [
-        DetectionSample(generator.integers(0, 256, (60, 120, 3), dtype=np.uint8), target([[10, 5, 30, 20], [70, 30, 40, 25]], [3, 11], size=(60, 120), image_id=1)),
-        DetectionSample(generator.integers(0, 256, (96, 80, 3), dtype=np.uint8), target([[8, 8, 20, 40]], [7], size=(96, 80), image_id=2)),
+        Sample(generator.integers(0, 256, (60, 120, 3), dtype=np.uint8), target([[10, 5, 30, 20], [70, 30, 40, 25]], [3, 11], size=(60, 120), image_id=1)),
+        Sample(generator.integers(0, 256, (96, 80, 3), dtype=np.uint8), target([[8, 8, 20, 40]], [7], size=(96, 80), image_id=2)),
     ]  # fmt: skip
 
 
@@ -162,7 +162,7 @@ def test_rt_detr_family_predictions_are_in_original_image_coordinates(rt_detr_fa
     _, detector, adapter = rt_detr_family
     samples = _samples()
     targets = [s.target for s in samples]
-    batch = DetectionCollator(detector.image_processor, adapter, image_size=96)(samples)
+    batch = BatchCollator(detector.image_processor, adapter, image_size=96)(samples)
     # Every image fills the whole input (stretched, unpadded), in [0, 1] without mean/std.
     assert batch["pixel_values"].shape == (2, 3, 96, 96)
     assert 0 <= batch["pixel_values"].min() and batch["pixel_values"].max() <= 1
@@ -188,7 +188,7 @@ def test_rt_detr_family_predictions_are_in_original_image_coordinates(rt_detr_fa
 
 def test_rt_detr_family_loss_is_the_model_s_and_parts_are_the_final_layer_s(rt_detr_family: tuple[str, Any, OutputAdapter]) -> None:
     option, detector, adapter = rt_detr_family
-    batch = DetectionCollator(detector.image_processor, adapter, image_size=96)(_samples())
+    batch = BatchCollator(detector.image_processor, adapter, image_size=96)(_samples())
     model = detector.model.train()
     outputs = model(**adapter.model_inputs(batch))
     adapted = adapter.adapt_output(outputs)
@@ -209,11 +209,11 @@ def test_rt_detr_family_loss_is_the_model_s_and_parts_are_the_final_layer_s(rt_d
 def test_rt_detr_family_trains_on_denoising_queries_built_from_the_labels(rt_detr_family: tuple[str, Any, OutputAdapter]) -> None:
     from functools import partial
 
-    from cvexp.models.detection_module import DetectionModule
+    from cvexp.models.task_module import VisionTaskModule
 
     _, detector, adapter = rt_detr_family
-    batch = DetectionCollator(detector.image_processor, adapter, image_size=96)(_samples())
-    module = DetectionModule(detector.model, adapter, optimizer=partial(torch.optim.AdamW, lr=1e-4))
+    batch = BatchCollator(detector.image_processor, adapter, image_size=96)(_samples())
+    module = VisionTaskModule(detector.model, adapter, optimizer=partial(torch.optim.AdamW, lr=1e-4))
     num_queries = detector.model.config.num_queries
     module.train()
     outputs = module(batch)  # as training_step calls it
@@ -231,9 +231,10 @@ def test_rt_detr_family_trains_on_denoising_queries_built_from_the_labels(rt_det
 
 
 def _model_options() -> list[str]:
-    from cvexp.paths import CONFIG_DIR
+    """The detection options of conf/model/: the ones these box adapters serve."""
+    from tests.conftest import model_tasks
 
-    return sorted(path.stem for path in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+    return sorted(model for model, task in model_tasks().items() if task == "detection")
 
 
 def _padded_options() -> list[str]:
@@ -260,7 +261,7 @@ PADDED_FAMILY = _padded_options()
 
 def test_every_model_option_is_either_padded_or_stretched() -> None:
     # The discovery must neither come up empty nor miss an option: together with the RT-DETR family
-    # (tested above) the padded options are every model in conf/model/.
+    # (tested above) the padded options are every detection model in conf/model/.
     assert {"detr", "conditional_detr", "deformable_detr", "dab_detr", "yolos"} <= set(PADDED_FAMILY)
     assert not set(PADDED_FAMILY) & set(RT_DETR_FAMILY)
     assert set(PADDED_FAMILY) | set(RT_DETR_FAMILY) == set(_model_options())
@@ -271,11 +272,11 @@ def padded_family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     return _model_and_adapter(request.param, tmp_path_factory)
 
 
-def _padded_samples() -> list[DetectionSample]:
+def _padded_samples() -> list[Sample]:
     """Three images of clearly different non-square shapes and aspect ratios (wide, tall, wide again)."""
     generator = np.random.default_rng(1)
     shapes = [(60, 120), (96, 80), (50, 70)]
-    return [DetectionSample(generator.integers(0, 256, (height, width, 3), dtype=np.uint8), target([], [], size=(height, width), image_id=10 + i))
+    return [Sample(generator.integers(0, 256, (height, width, 3), dtype=np.uint8), target([], [], size=(height, width), image_id=10 + i))
             for i, (height, width) in enumerate(shapes)]  # fmt: skip
 
 
@@ -319,7 +320,7 @@ def test_padded_family_predictions_match_transformers_post_processing(padded_fam
     option, detector, adapter = padded_family
     samples = _padded_samples()
     targets = [s.target for s in samples]
-    batch = DetectionCollator(detector.image_processor, adapter, image_size=96)(samples)
+    batch = BatchCollator(detector.image_processor, adapter, image_size=96)(samples)
     # Aspect kept, longer side 96, then padded to the batch's largest: every image here is padded.
     assert batch["pixel_values"].shape == (3, 3, 96, 96)
     assert (batch["pixel_mask"] == 0).flatten(1).any(1).all(), "every image should have padding"

@@ -94,7 +94,7 @@ def _job_config(job: str, tmp_path: Path, data_dir: Path, ckpt_path: Path):
 
 
 def _run_job(job: str, cfg) -> None:
-    from cvexp.deployment.registry import run_registration
+    from cvexp.deployment.registration import run_registration
     from cvexp.evaluation.evaluator import run_evaluation
     from cvexp.inference.prediction import run_prediction
     from cvexp.monitoring.drift import run_monitoring

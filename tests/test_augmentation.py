@@ -32,7 +32,7 @@ def _iou(a: list[float], b: list[float]) -> float:
 @pytest.mark.parametrize("augmentation", AUGMENTATIONS)
 def test_boxes_follow_the_pixels(tmp_path: Path, augmentation: str) -> None:
     cfg = compose_train_config(tmp_path, tmp_path, [f"augmentation={augmentation}"])
-    transform = instantiate(cfg.augmentation)
+    transform = instantiate(cfg.augmentation).for_boxes()
     # albumentations draws from a generator of its own (the DataModule seeds it in training):
     # seeded here too, so that the test checks the same 40 draws on every run.
     transform.set_random_seed(0)

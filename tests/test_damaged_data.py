@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cvexp.data import CocoDetectionDataset, CocoSplit, DatasetError
-from cvexp.data.coco import UnreadableImage
+from cvexp.data import CocoDetectionDataset, CocoSplit, DatasetError, UnreadableImage
 from cvexp.data.shapes import ANNOTATION_FILE
 from cvexp.errors import user_message
 from cvexp.paths import CONFIG_DIR
@@ -173,7 +172,7 @@ def test_the_corpus_is_large_enough() -> None:
 def test_raise_names_the_file_the_record_and_the_field(case: str, tmp_path: Path) -> None:
     split = _build(case, tmp_path)
     with pytest.raises(DatasetError, match=CASES[case].message) as error:
-        CocoDetectionDataset(split, name="train", **CASES[case].options)
+        CocoDetectionDataset(**vars(split), name="train", **CASES[case].options)
     text = str(error.value)
     assert str(tmp_path / "train") in text  # the file (the json, or the image file)
     if CASES[case].kind:
@@ -186,10 +185,10 @@ def test_skip_drops_exactly_the_damaged_records_and_counts_them(case: str, tmp_p
     split = _build(case, tmp_path)
     if expected.kind is None:  # nothing to skip to: the same named error
         with pytest.raises(DatasetError, match=expected.message):
-            CocoDetectionDataset(split, on_invalid="skip", name="train", **expected.options)
+            CocoDetectionDataset(**vars(split), on_invalid="skip", name="train", **expected.options)
         return
     with pytest.warns(UserWarning, match=r"data.on_invalid=skip dropped \d+ records"):
-        dataset = CocoDetectionDataset(split, on_invalid="skip", name="train", **expected.options)
+        dataset = CocoDetectionDataset(**vars(split), on_invalid="skip", name="train", **expected.options)
     report = dataset.report
     assert report.counts.get(expected.kind, 0) >= 1, report.counts
     # Nothing lost silently: every record of the file is kept or listed.
@@ -204,17 +203,17 @@ def test_skip_drops_exactly_the_damaged_records_and_counts_them(case: str, tmp_p
 
 def test_a_box_overhanging_the_image_is_clipped_and_counted(tmp_path: Path) -> None:
     split = write_split(tmp_path, [image(1)], [box(1, 1, [-4, 40, 20, 20]), box(2, 1, [1, 1, 5, 5])])
-    dataset = CocoDetectionDataset(split)
+    dataset = CocoDetectionDataset(**vars(split))
     assert dataset.report.boxes_clipped == 1 and not dataset.report.dropped
     assert dataset[0].target.boxes.tolist()[0] == [0.0, 40.0, 16.0, 8.0]
 
 
 def test_train_and_val_with_different_categories_are_refused_before_training(tmp_path: Path) -> None:
-    from cvexp.data import CocoDetectionDataModule
+    from cvexp.data import VisionDataModule
 
     write_split(tmp_path / "train", *_good())
     write_split(tmp_path / "val", *_good(), categories=[{"id": 1, "name": "thing"}, {"id": 2, "name": "another"}])
-    datamodule = CocoDetectionDataModule(root=str(tmp_path), train={"images_dir": "train"}, val={"images_dir": "val"}, on_invalid="skip")
+    datamodule = VisionDataModule(CocoDetectionDataset, root=str(tmp_path), train={"images_dir": "train"}, val={"images_dir": "val"}, on_invalid="skip")
     with pytest.raises(DatasetError, match=r"the val split's categories differ from the train split's .* only in val: \[\(2, 'another'\)\]"):
         datamodule.setup()
 
@@ -227,12 +226,12 @@ def test_header_checks_are_cached_until_the_file_changes(tmp_path: Path, monkeyp
     reads: list[Path] = []
     original = validation.read_image_header
     monkeypatch.setattr(validation, "read_image_header", lambda path: reads.append(path) or original(path))
-    CocoDetectionDataset(split, header_cache=validation.ImageHeaderCache(cache_file))
+    CocoDetectionDataset(**vars(split), header_cache=validation.ImageHeaderCache(cache_file))
     assert len(reads) == 2 and cache_file.is_file()
-    CocoDetectionDataset(split, header_cache=validation.ImageHeaderCache(cache_file))
+    CocoDetectionDataset(**vars(split), header_cache=validation.ImageHeaderCache(cache_file))
     assert len(reads) == 2  # a second run opens no file
     Image.new("RGB", (64, 48), (0, 0, 0)).save(tmp_path / "train" / "img2.png", compress_level=0)  # changed: read again
-    CocoDetectionDataset(split, header_cache=validation.ImageHeaderCache(cache_file))
+    CocoDetectionDataset(**vars(split), header_cache=validation.ImageHeaderCache(cache_file))
     assert [p.name for p in reads[2:]] == ["img2.png"]
 
 
@@ -241,7 +240,7 @@ def test_header_checks_are_cached_until_the_file_changes(tmp_path: Path, monkeyp
 
 def _broken_after_validation(tmp_path: Path, on_invalid: str) -> CocoDetectionDataset:
     split = write_split(tmp_path / "train", [image(1), image(2)], [box(1, 1, [1, 1, 5, 5]), box(2, 2, [1, 1, 5, 5])])
-    dataset = CocoDetectionDataset(split, on_invalid=on_invalid)
+    dataset = CocoDetectionDataset(**vars(split), on_invalid=on_invalid)
     path = tmp_path / "train" / "img2.png"
     path.write_bytes(path.read_bytes()[:60])  # the disk changed under the run: the header is intact, the pixels are not
     return dataset
@@ -269,14 +268,14 @@ def test_under_skip_an_image_broken_after_validation_is_left_out_and_counted(tmp
     from transformers import DetrImageProcessorPil
 
     from cvexp.adapters import DetrAdapter
-    from cvexp.data import DetectionCollator
+    from cvexp.data import BatchCollator
 
     dataset = _broken_after_validation(tmp_path, "skip")
     skipped = dataset[1]
     assert isinstance(skipped, UnreadableImage) and skipped.path.endswith("img2.png") and skipped.reason
-    batch = DetectionCollator(DetrImageProcessorPil(), DetrAdapter(dataset.label_map), image_size=32)([dataset[0], skipped])
+    batch = BatchCollator(DetrImageProcessorPil(), DetrAdapter(dataset.label_map), image_size=32)([dataset[0], skipped])
     assert len(batch["targets"]) == 1 and batch["pixel_values"].shape[0] == 1 and batch["unreadable"] == [skipped]
-    empty = DetectionCollator(DetrImageProcessorPil(), DetrAdapter(dataset.label_map), image_size=32)([skipped])
+    empty = BatchCollator(DetrImageProcessorPil(), DetrAdapter(dataset.label_map), image_size=32)([skipped])
     assert empty["targets"] == [] and "pixel_values" not in empty
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvexp.data import CocoDetectionDataModule, CocoDetectionDataset, CocoSplit
-from cvexp.data.coco import load_rgb_image
+from cvexp.data import CocoDetectionDataset, CocoSplit, VisionDataModule
+from cvexp.data.images import load_rgb_image
 from cvexp.data.shapes import ANNOTATION_FILE, SyntheticShapes
 from tests.conftest import RBC_CELLS, needs_rbc
 
@@ -41,7 +41,7 @@ def box(annotation_id: int, image_id: int, bbox: list[float], category_id: int =
 
 @needs_rbc
 def test_rbc_cells_train_split_loads_with_its_own_category_ids() -> None:
-    dataset = CocoDetectionDataset(CocoSplit(str(RBC_CELLS / "train")))
+    dataset = CocoDetectionDataset(str(RBC_CELLS / "train"))
     assert len(dataset) == 210
     # Category 0 is an unused supercategory: left out, and the rest map to contiguous 0..K-1.
     assert [(c.id, c.name) for c in dataset.label_map.categories] == [(1, "rbc"), (2, "wbc")]
@@ -57,12 +57,12 @@ def test_rbc_cells_datamodule_batches_through_a_collator() -> None:
     from transformers import ConditionalDetrImageProcessorPil
 
     from cvexp.adapters import SigmoidDetrAdapter
-    from cvexp.data import DetectionCollator
+    from cvexp.data import BatchCollator
 
-    datamodule = CocoDetectionDataModule(root=str(RBC_CELLS), train={"images_dir": "train"}, val={"images_dir": "valid"},
+    datamodule = VisionDataModule(CocoDetectionDataset, root=str(RBC_CELLS), train={"images_dir": "train"}, val={"images_dir": "valid"},
                                          test={"images_dir": "test"}, batch_size=3, image_size=128)  # fmt: skip
     adapter = SigmoidDetrAdapter(datamodule.label_map)
-    datamodule.collate_fn = DetectionCollator(ConditionalDetrImageProcessorPil(), adapter, image_size=128)
+    datamodule.collate_fn = BatchCollator(ConditionalDetrImageProcessorPil(), adapter, image_size=128)
     batch = next(iter(datamodule.val_dataloader()))
     assert batch["pixel_values"].shape == (3, 3, 128, 128)
     assert len(datamodule.datasets["val"]) == 20 and len(datamodule.datasets["test"]) == 10
@@ -95,7 +95,7 @@ def test_synthetic_shapes_are_deterministic_and_written_once(tmp_path: Path) -> 
 
 def test_synthetic_shapes_boxes_cover_the_drawn_pixels(tmp_path: Path) -> None:
     SyntheticShapes(str(tmp_path), num_train=10, num_val=2, num_test=2)()
-    dataset = CocoDetectionDataset(CocoSplit(str(tmp_path / "train")))
+    dataset = CocoDetectionDataset(str(tmp_path / "train"))
     assert [c.name for c in dataset.label_map.categories] == ["circle", "square", "triangle"]
     for index in range(len(dataset)):
         sample = dataset[index]
@@ -117,8 +117,8 @@ def test_cached_images_are_decoded_once_and_survive_augmentation(tmp_path: Path,
     SyntheticShapes(str(tmp_path / "shapes"), num_train=6, num_val=2, num_test=2)()
     transform = instantiate(compose_train_config(tmp_path, tmp_path, [f"augmentation={augmentation}"]).augmentation)
     split = CocoSplit(str(tmp_path / "shapes" / "train"))
-    cached = CocoDetectionDataset(split, transform=transform, cache_images=True)
-    plain = CocoDetectionDataset(split)
+    cached = CocoDetectionDataset(**vars(split), transform=transform, cache_images=True)
+    plain = CocoDetectionDataset(**vars(split))
     for _epoch in range(3):
         for index in range(len(cached)):
             cached[index]  # the transform must not write into the cached pixels
@@ -151,7 +151,7 @@ def test_grayscale_rgba_palette_and_exif_rotated_images_load_as_upright_rgb(tmp_
 
 def test_images_without_annotations_are_kept(tmp_path: Path) -> None:
     split = write_coco(tmp_path, [image(1), image(2)], [box(1, 1, [5, 5, 10, 10])])
-    dataset = CocoDetectionDataset(split)
+    dataset = CocoDetectionDataset(**vars(split))
     assert len(dataset) == 2
     empty = dataset[1].target
     assert empty.boxes.shape == (0, 4) and empty.category_ids.shape == (0,)
@@ -161,7 +161,7 @@ def test_crowd_boxes_reach_evaluation_but_not_the_loss(tmp_path: Path) -> None:
     from cvexp.adapters import DetrAdapter
 
     split = write_coco(tmp_path, [image(1)], [box(1, 1, [5, 5, 10, 10]), box(2, 1, [20, 5, 10, 10], iscrowd=1)])
-    dataset = CocoDetectionDataset(split)
+    dataset = CocoDetectionDataset(**vars(split))
     target = dataset[0].target
     assert target.iscrowd.tolist() == [0, 1] and len(target.boxes) == 2  # COCO evaluation sees both
     labels = DetrAdapter(dataset.label_map).adapt_targets([target])[0]
@@ -175,4 +175,4 @@ def test_clean_data_raises_no_warning(tmp_path: Path) -> None:
     split = write_coco(tmp_path, [image(1)], [box(1, 1, [0, 0, 64, 48])])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        CocoDetectionDataset(split)
+        CocoDetectionDataset(**vars(split))

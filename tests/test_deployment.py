@@ -16,12 +16,13 @@ import requests
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from cvexp.deployment.pyfunc import detection_records, encode_image_file
-from cvexp.deployment.registry import CHALLENGER, CHAMPION, METRIC_VALUE_TAG, decide_promotion, run_registration
+from cvexp.deployment.pyfunc import encode_image_file
+from cvexp.deployment.registration import CHALLENGER, CHAMPION, METRIC_VALUE_TAG, decide_promotion, run_registration
 from cvexp.deployment.serving import mlflow_model_server
 from cvexp.inference.predictor import Predictor
 from cvexp.monitoring.drift import population_stability_index, run_monitoring
 from cvexp.paths import CONFIG_DIR
+from cvexp.tasks import DetectionTask
 from cvexp.training import run_training
 from tests.conftest import compose_train_config
 
@@ -132,7 +133,7 @@ def test_served_model_answers_like_in_process_prediction(trained, registered, tm
     paths = _images(data_dir)
     predictor = Predictor.load(summary.artifact_dir, device="cpu")
     names = {c.id: c.name for c in predictor.label_map.categories}
-    expected = [detection_records(d, names, THRESHOLD) for d in predictor.predict_images([np.asarray(Image.open(p).convert("RGB")) for p in paths])]
+    expected = [DetectionTask().response(d, names, {"score_threshold": THRESHOLD}) for d in predictor.predict_images([np.asarray(Image.open(p).convert("RGB")) for p in paths])]
     assert sum(map(len, expected)) > 0
 
     payload = {"dataframe_split": {"columns": ["image"], "data": [[encode_image_file(p)] for p in paths]}, "params": {"score_threshold": THRESHOLD}}
@@ -174,7 +175,7 @@ def test_the_artifact_gives_the_same_detections_in_a_transformers_pipeline(train
         image = Image.open(path).convert("RGB")
         (detections,) = predictor.predict_images([np.asarray(image)])
         # The RT-DETR processor keeps the top num_queries of queries x classes (cvexp's adapter the top 100): compare those.
-        (ours,) = [detection_records(d, names, THRESHOLD)[: predictor.model.config.num_queries] for d in [detections]]
+        (ours,) = [DetectionTask().response(d, names, {"score_threshold": THRESHOLD})[: predictor.model.config.num_queries] for d in [detections]]
         theirs = detect(image, threshold=THRESHOLD)
         assert len(theirs) == len(ours) > 0
         as_records = [{"bbox": [r["box"]["xmin"], r["box"]["ymin"], r["box"]["xmax"] - r["box"]["xmin"], r["box"]["ymax"] - r["box"]["ymin"]],
@@ -241,8 +242,8 @@ def test_monitor_flags_darkened_and_rescaled_images_only(trained, tmp_path: Path
 
 
 def test_served_images_are_decoded_as_training_reads_them(tmp_path: Path) -> None:
-    """Transparency on white and EXIF orientation, as cvexp.data.coco.load_rgb_image gives them."""
-    from cvexp.data.coco import load_rgb_image
+    """Transparency on white and EXIF orientation, as cvexp.data.images.load_rgb_image gives them."""
+    from cvexp.data.images import load_rgb_image
     from cvexp.deployment.pyfunc import decode_images
 
     transparent = Image.new("RGBA", (40, 20), (10, 200, 30, 0))

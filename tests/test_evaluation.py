@@ -20,7 +20,7 @@ from pycocotools.coco import COCO as PyCOCO
 from pycocotools.cocoeval import COCOeval
 
 from cvexp.adapters import Detections
-from cvexp.data import Category, CocoDetectionDataset, CocoSplit, DetectionTarget
+from cvexp.data import Category, CocoDetectionDataset, DetectionTarget
 from cvexp.evaluation.coco_metric import COCO_STAT_NAMES
 from cvexp.evaluation.evaluator import confusion_matrix, dataset_image_loader, run_evaluation, write_report
 from cvexp.inference.prediction import run_prediction
@@ -73,7 +73,7 @@ def _assert_png(path: Path, min_side: int = 300) -> None:
 @needs_rbc
 def test_report_equals_pycocotools_on_noisy_rbc_results(tmp_path: Path) -> None:
     """A non-trivial case: jittered ground truth, wrong classes, false positives, random scores."""
-    dataset = CocoDetectionDataset(CocoSplit(str(RBC_CELLS / "test")))
+    dataset = CocoDetectionDataset(str(RBC_CELLS / "test"))
     categories = dataset.label_map.categories
     assert [c.id for c in categories] == [1, 2]  # 0 is the unused supercategory
     predictions = list(zip(_noisy_detections(dataset, seed=1), [dataset[i].target for i in range(len(dataset))], strict=True))
@@ -84,7 +84,7 @@ def test_report_equals_pycocotools_on_noisy_rbc_results(tmp_path: Path) -> None:
     assert 0.1 < report.metrics["map_50"] < 0.99 and 0.1 < report.metrics["ap/rbc"] < 0.99
     assert json.loads(report.files["metrics"].read_text()) == report.metrics
     rows = json.loads(report.files["results"].read_text())
-    assert len(rows) == report.num_detections == sum(len(d.scores) for d, _ in predictions)
+    assert len(rows) == report.num_predictions == sum(len(d.scores) for d, _ in predictions)
     assert {row["category_id"] for row in rows} == {1, 2}
     for kind in ("pr_curves", "confusion_matrix", "samples"):
         _assert_png(report.files[kind])
@@ -182,7 +182,7 @@ def test_predict_on_a_glob_numbers_images_and_renders(trained, tmp_path: Path) -
     result = run_prediction(cfg)
 
     rows = json.loads(result.results_path.read_text())
-    assert result.num_images == 3 and len(rows) == result.num_detections == 3 * per_image
+    assert result.num_images == 3 and len(rows) == result.num_predictions == 3 * per_image
     names = sorted(p.name for p in images.glob("*.png"))
     assert {(row["image_id"], Path(row["file_name"]).name) for row in rows} == {(i + 1, name) for i, name in enumerate(names)}
     assert {row["category_id"] for row in rows} <= set(SHAPE_IDS)
@@ -205,7 +205,7 @@ def test_predict_command_line_on_a_coco_split(trained, tmp_path: Path) -> None:
     ground_truth = json.loads((split / "_annotations.coco.json").read_text())
     assert {row["image_id"] for row in rows} == {image["id"] for image in ground_truth["images"]}
     assert len(rows) == per_image * len(ground_truth["images"])
-    assert f"{len(rows)} detections on {len(ground_truth['images'])} images" in result.stdout
+    assert f"{len(rows)} predictions on {len(ground_truth['images'])} images" in result.stdout
     with contextlib.redirect_stdout(io.StringIO()):  # the file is a results json pycocotools loads
         coco_gt = PyCOCO(str(split / "_annotations.coco.json"))
         assert len(coco_gt.loadRes(str(run_dir / "predictions.json")).anns) == len(rows)

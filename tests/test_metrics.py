@@ -13,7 +13,7 @@ from pycocotools.coco import COCO as PyCOCO
 from pycocotools.cocoeval import COCOeval
 
 from cvexp.adapters import Detections
-from cvexp.data import CocoDetectionDataset, CocoSplit
+from cvexp.data import CocoDetectionDataset
 from cvexp.evaluation.coco_metric import COCO_STAT_NAMES, CocoDetectionMetric, coco_ground_truth
 from tests.conftest import RBC_CELLS, needs_rbc
 
@@ -62,7 +62,7 @@ def _metric_values(dataset: CocoDetectionDataset, detections: list[Detections]) 
 
 @needs_rbc
 def test_metric_equals_pycocotools_on_rbc_cells() -> None:
-    dataset = CocoDetectionDataset(CocoSplit(str(RBC_CELLS / "valid")))
+    dataset = CocoDetectionDataset(str(RBC_CELLS / "valid"))
     detections = _noisy_detections(dataset, seed=0)
     ground_truth = coco_ground_truth([dataset[i].target for i in range(len(dataset))], dataset.label_map.categories)
     expected = _pycocotools_stats(ground_truth, detections)
@@ -77,7 +77,7 @@ def test_perfect_detections_score_one_and_none_score_zero(tmp_path: Path) -> Non
     from cvexp.data.shapes import SyntheticShapes
 
     SyntheticShapes(str(tmp_path), num_train=2, num_val=8, num_test=2)()
-    dataset = CocoDetectionDataset(CocoSplit(str(tmp_path / "val")))
+    dataset = CocoDetectionDataset(str(tmp_path / "val"))
     perfect = [Detections(t.image_id, t.boxes, torch.ones(len(t.boxes)), t.category_ids) for t in (dataset[i].target for i in range(len(dataset)))]
     values = _metric_values(dataset, perfect)
     assert values["map"] == pytest.approx(1.0) and values["map_50"] == pytest.approx(1.0)
@@ -90,7 +90,7 @@ def test_first_annotation_with_id_zero_is_matched(tmp_path: Path) -> None:
     from tests.test_data import box, image, write_coco
 
     split = write_coco(tmp_path, [image(0)], [box(0, 0, [5, 5, 20, 20])])
-    dataset = CocoDetectionDataset(split)
+    dataset = CocoDetectionDataset(**vars(split))
     t = dataset[0].target
     values = _metric_values(dataset, [Detections(t.image_id, t.boxes, torch.ones(1), t.category_ids)])
     assert values["map_50"] == pytest.approx(1.0)
@@ -99,7 +99,7 @@ def test_first_annotation_with_id_zero_is_matched(tmp_path: Path) -> None:
 @needs_rbc
 def test_an_image_seen_twice_is_counted_once() -> None:
     """Under DDP the sampler repeats images to even out the ranks; the metric keeps each image's first occurrence."""
-    dataset = CocoDetectionDataset(CocoSplit(str(RBC_CELLS / "test")))
+    dataset = CocoDetectionDataset(str(RBC_CELLS / "test"))
     detections = _noisy_detections(dataset, seed=3)
     targets = [dataset[i].target for i in range(len(dataset))]
     once, twice = CocoDetectionMetric(dataset.label_map.categories), CocoDetectionMetric(dataset.label_map.categories)

@@ -210,7 +210,7 @@ def test_other_classes_get_a_new_head_and_the_same_classes_keep_it(tmp_path: Pat
 def test_fine_tuned_from_a_local_artifact_it_trains_and_is_used_without_its_source(tmp_path: Path, shared_data_dir: Path,
                                                                                     rt_detr_artifact: Path) -> None:  # fmt: skip
     """Shapes -> RBC cells (other classes): trains in train mode, records its source, and lives on without it."""
-    from cvexp.deployment.registry import run_registration
+    from cvexp.deployment.registration import run_registration
     from cvexp.evaluation.evaluator import run_evaluation
 
     source = tmp_path / "pretrained_model"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvexp.data import CocoDetectionDataModule
+from cvexp.data import CocoDetectionDataset, VisionDataModule
 from cvexp.data.sampling import EpochSampler
 from cvexp.data.shapes import SyntheticShapes
 
@@ -34,7 +34,7 @@ def test_the_order_depends_on_the_seed_and_the_epoch_only_and_a_resume_skips_wha
     assert list(resumed) == second  # the skip applies once: the next pass of that epoch is whole
 
 
-def _datamodule(root: Path, rank: int = 0, world_size: int = 1, num_workers: int = 0) -> CocoDetectionDataModule:
+def _datamodule(root: Path, rank: int = 0, world_size: int = 1, num_workers: int = 0) -> VisionDataModule:
     """The train split of 12 shapes images, flipped or not at random, with a stand-in for the trainer's rank."""
     import albumentations as A
 
@@ -42,14 +42,14 @@ def _datamodule(root: Path, rank: int = 0, world_size: int = 1, num_workers: int
 
     SyntheticShapes(str(root), num_train=12, num_val=2, num_test=2)()
     torch.manual_seed(0)  # as seed_everything would: every rank draws the same run seed
-    datamodule = CocoDetectionDataModule(root=str(root), train={"images_dir": "train"}, batch_size=4, num_workers=num_workers,
+    datamodule = VisionDataModule(CocoDetectionDataset, root=str(root), train={"images_dir": "train"}, batch_size=4, num_workers=num_workers,
                                          augmentation=detection_compose([A.HorizontalFlip(p=0.5)]))  # fmt: skip
     datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=world_size)
     datamodule.collate_fn = lambda samples: samples
     return datamodule
 
 
-def _flips(datamodule: CocoDetectionDataModule, epoch: int = 0, loader=None) -> dict[int, bool]:  # noqa: ANN001
+def _flips(datamodule: VisionDataModule, epoch: int = 0, loader=None) -> dict[int, bool]:  # noqa: ANN001
     """Per image read in ``epoch`` (from ``loader``, else a new training loader): was it flipped?"""
     loader = loader or datamodule.train_dataloader()
     loader.sampler.set_epoch(epoch)

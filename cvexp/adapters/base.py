@@ -1,4 +1,4 @@
-"""The OutputAdapter contract between a detection model family and the rest of cvexp."""
+"""The OutputAdapter contract between a model family (of one task) and the rest of cvexp."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from typing import Any
 
 import torch
 
-from cvexp.data.coco import DetectionTarget, LabelMap
+from cvexp.adapters.predictions import ClassScores, Detections, SegmentationMap
+from cvexp.data.labels import LabelMap
+
+#: What an adapter's ``format_predictions`` gives per image, by task.
+Prediction = Detections | ClassScores | SegmentationMap
 
 
 @dataclass
@@ -19,38 +23,21 @@ class AdaptedOutput:
     loss_parts: dict[str, torch.Tensor]
 
 
-@dataclass
-class Detections:
-    """Detections of one image in COCO terms: absolute ``xywh`` boxes and the dataset's category ids."""
-
-    image_id: int
-    boxes: torch.Tensor  # (N, 4) float32
-    scores: torch.Tensor  # (N,) float32
-    category_ids: torch.Tensor  # (N,) int64
-
-    def to_coco_results(self) -> list[dict[str, Any]]:
-        """Rows of a COCO results json."""
-        return [
-            {"image_id": self.image_id, "category_id": int(c), "bbox": [round(float(v), 3) for v in box], "score": round(float(s), 5)}
-            for box, s, c in zip(self.boxes.tolist(), self.scores.tolist(), self.category_ids.tolist(), strict=True)
-        ]
-
-
 class OutputAdapter(ABC):
-    """Translates between one model family and cvexp's COCO-shaped world.
+    """Translates between one model family and cvexp's targets and predictions (:mod:`cvexp.data.targets`,
+    :mod:`cvexp.adapters.predictions`), which are in the dataset's terms.
 
     - :meth:`adapt_targets`: dataset targets -> the ``labels`` the model's loss expects.
     - :meth:`adapt_output`: model output -> loss and loss parts.
-    - :meth:`format_predictions`: model output -> :class:`Detections` in original image
-      coordinates, with no score threshold (mAP needs every detection).
-    - :meth:`format_targets`: model ``labels`` -> targets again (the inverse of ``adapt_targets``).
+    - :meth:`format_predictions`: model output -> the task's predictions in original image
+      coordinates, unthresholded (mAP needs every detection).
 
     Args:
         label_map: contiguous training ids <-> the dataset's category ids.
         pass_pixel_mask: whether the model's forward takes ``pixel_mask`` (ViT-style models don't).
     """
 
-    #: What the model family's outputs mean; recorded in the model artifact (``cvexp.json``).
+    #: The task whose targets and predictions this adapter speaks (a :mod:`cvexp.tasks` name); recorded in the model artifact.
     task: str = "detection"
 
     def __init__(self, label_map: LabelMap, pass_pixel_mask: bool = True) -> None:
@@ -67,13 +54,14 @@ class OutputAdapter(ABC):
         return inputs
 
     @abstractmethod
-    def adapt_targets(self, targets: list[DetectionTarget]) -> list[dict[str, torch.Tensor]]: ...
+    def adapt_targets(self, targets: list[Any], pixel_mask: torch.Tensor | None = None) -> Any:
+        """The model's ``labels`` for ``targets``; ``pixel_mask`` (B, H, W) marks where each image lies in the padded
+        input, for targets that must be resized with it (masks)."""
 
     @abstractmethod
-    def adapt_output(self, outputs: Any) -> AdaptedOutput: ...
+    def adapt_output(self, outputs: Any) -> AdaptedOutput:
+        """The loss (and its parts) of a forward pass that was given labels."""
 
     @abstractmethod
-    def format_predictions(self, outputs: Any, targets: list[DetectionTarget]) -> list[Detections]: ...
-
-    @abstractmethod
-    def format_targets(self, labels: list[dict[str, torch.Tensor]], targets: list[DetectionTarget]) -> list[DetectionTarget]: ...
+    def format_predictions(self, outputs: Any, targets: list[Any]) -> list[Prediction]:
+        """Per image, the task's prediction in the image's original pixels (``target.size``) and the dataset's category ids."""

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from cvexp.adapters.base import AdaptedOutput, Detections, OutputAdapter
-from cvexp.data.coco import DetectionTarget, LabelMap
+from cvexp.data.labels import LabelMap
+from cvexp.data.targets import DetectionTarget
 
 
 class DetrAdapter(OutputAdapter):
@@ -28,7 +29,7 @@ class DetrAdapter(OutputAdapter):
         pass_pixel_mask: False for models whose forward takes no ``pixel_mask`` (YOLOS).
     """
 
-    def adapt_targets(self, targets: list[DetectionTarget]) -> list[dict[str, torch.Tensor]]:
+    def adapt_targets(self, targets: list[DetectionTarget], pixel_mask: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
         labels = []
         for target in targets:
             height, width = target.size

@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from cvexp.adapters.base import OutputAdapter
-from cvexp.data.coco import LabelMap
+from cvexp.data.labels import LabelMap
 
 ENTRY_POINT_GROUP = "cvexp.adapters"
 _REGISTRY: dict[str, type[OutputAdapter]] = {}

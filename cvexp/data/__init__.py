@@ -1,25 +1,25 @@
-"""COCO-format data: datasets, the Lightning DataModule, augmentation and the synthetic generator."""
+"""Data for every task: readers that validate up front, samples and targets, the DataModule, augmentation, synthetic data."""
 
-from cvexp.data.coco import (
-    Category,
-    CocoDetectionDataset,
-    CocoSplit,
-    DatasetError,
-    DetectionSample,
-    DetectionTarget,
-    LabelMap,
-)
-from cvexp.data.collate import DetectionCollator
-from cvexp.data.datamodule import CocoDetectionDataModule
+from cvexp.data.coco import CocoDetectionDataset, CocoSplit
+from cvexp.data.collate import BatchCollator
+from cvexp.data.datamodule import VisionDataModule
+from cvexp.data.images import UnreadableImage, load_rgb_image
+from cvexp.data.labels import Category, LabelMap
+from cvexp.data.targets import ClassificationTarget, DetectionTarget, Sample, SegmentationTarget
+from cvexp.errors import DatasetError
 
 __all__ = [
+    "BatchCollator",
     "Category",
-    "CocoDetectionDataModule",
+    "ClassificationTarget",
     "CocoDetectionDataset",
     "CocoSplit",
     "DatasetError",
-    "DetectionCollator",
-    "DetectionSample",
     "DetectionTarget",
     "LabelMap",
+    "Sample",
+    "SegmentationTarget",
+    "UnreadableImage",
+    "VisionDataModule",
+    "load_rgb_image",
 ]

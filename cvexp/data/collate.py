@@ -1,4 +1,4 @@
-"""Turns a list of samples into a model batch: pixels from the image processor, labels from the adapter."""
+"""Turns a list of samples of any task into a model batch: pixels from the image processor, labels from the adapter."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cvexp.data.coco import DetectionSample, UnreadableImage
+from cvexp.data.images import UnreadableImage
+from cvexp.data.targets import ImageInfo, Sample
 
 if TYPE_CHECKING:
     from cvexp.adapters.base import OutputAdapter
 
 
-class DetectionCollator:
-    """Batches samples for a Hugging Face detector.
+class BatchCollator:
+    """Batches samples for a Hugging Face vision model.
 
     The image processor resizes, normalises and pads (``pixel_values``, ``pixel_mask``); the
-    adapter turns each target into what the model family trains on (``labels``); the original
+    adapter turns the targets into what the model family trains on (``labels``); the original
     targets ride along for evaluation. Images that could not be read (``data.on_invalid=skip``)
     are left out and listed under ``unreadable``; a batch of nothing else has no ``pixel_values``.
 
@@ -33,7 +34,7 @@ class DetectionCollator:
         self.adapter = adapter
         self.size = processor_size(image_processor, image_size) if image_size else None
 
-    def __call__(self, samples: list[DetectionSample | UnreadableImage]) -> dict[str, Any]:
+    def __call__(self, samples: list[Sample | UnreadableImage]) -> dict[str, Any]:
         unreadable = [s for s in samples if isinstance(s, UnreadableImage)]
         samples = [s for s in samples if not isinstance(s, UnreadableImage)]
         if not samples:
@@ -41,17 +42,15 @@ class DetectionCollator:
         extra = {"size": self.size} if self.size else {}
         encoded = self.image_processor(images=[s.image for s in samples], return_tensors="pt", **extra)
         targets = [s.target for s in samples]
-        batch: dict[str, Any] = {
+        # Processors that never pad (ViT, SegFormer, RT-DETR) give no mask: every pixel is image.
+        pixel_mask = encoded["pixel_mask"] if "pixel_mask" in encoded else torch.ones_like(encoded["pixel_values"][:, 0], dtype=torch.long)
+        return {
             "pixel_values": encoded["pixel_values"],
-            "labels": self.adapter.adapt_targets(targets),
+            "pixel_mask": pixel_mask,
+            "labels": None if any(isinstance(t, ImageInfo) for t in targets) else self.adapter.adapt_targets(targets, pixel_mask),
             "targets": targets,
             "unreadable": unreadable,
         }
-        if "pixel_mask" in encoded:
-            batch["pixel_mask"] = encoded["pixel_mask"]
-        else:
-            batch["pixel_mask"] = torch.ones_like(encoded["pixel_values"][:, 0], dtype=torch.long)
-        return batch
 
 
 def processor_size(image_processor: Any, image_size: int) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Lightning DataModule over COCO-format splits."""
+"""The Lightning DataModule of every task: train/val/test splits read by the data option's dataset class."""
 
 from __future__ import annotations
 
@@ -12,21 +12,28 @@ import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
-from cvexp.data.coco import CocoDetectionDataset, CocoSplit, DatasetError, LabelMap
+from cvexp.data.dataset import LabelledImageDataset
+from cvexp.data.labels import LabelMap
 from cvexp.data.sampling import EpochSampler
 from cvexp.data.validation import DEFAULT_MAX_IMAGE_PIXELS, ImageHeaderCache, InvalidPolicy, SplitReport, check_same_categories
+from cvexp.errors import DatasetError
 
 
-class CocoDetectionDataModule(L.LightningDataModule):
-    """Train/val/test COCO splits, augmentation on train only.
+class VisionDataModule(L.LightningDataModule):
+    """Train/val/test splits of any format, augmentation on train only.
 
     The label map (contiguous training ids <-> the dataset's category ids and names) comes from
     the training split, so the model's class count is derived from the data, never configured.
 
     Args:
-        root: folder that relative split paths are read from; ``None`` for absolute paths.
-        train, val, test: where each split lives; ``val`` and ``test`` are optional.
-        augmentation: a bbox-aware albumentations ``Compose`` for the training split.
+        dataset: the reader, a dataset class (or a partial of one, with its format's options)
+            such as :class:`~cvexp.data.coco.CocoDetectionDataset`; each split's keyword
+            arguments are passed to it with this DataModule's settings.
+        train, val, test: each split's keyword arguments for ``dataset`` (its folders and files);
+            ``val`` and ``test`` are optional.
+        root: folder that relative paths of a split are read from (the values of its keys ending in
+            ``_dir`` or ``_file``); ``None`` for absolute paths.
+        augmentation: the :class:`~cvexp.data.augmentation.Augmentation` of the training split.
         batch_size: images per batch (per device).
         num_workers: DataLoader worker processes; 0 loads in the training process.
         image_size: longer image side fed to the model; ``None`` keeps the processor's setting.
@@ -41,10 +48,11 @@ class CocoDetectionDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train: CocoSplit | dict,
+        dataset: Callable[..., LabelledImageDataset],
+        train: dict,
         root: str | None = None,
-        val: CocoSplit | dict | None = None,
-        test: CocoSplit | dict | None = None,
+        val: dict | None = None,
+        test: dict | None = None,
         augmentation: Any | None = None,
         batch_size: int = 8,
         num_workers: int = 0,
@@ -57,6 +65,7 @@ class CocoDetectionDataModule(L.LightningDataModule):
         header_cache: str | None = None,
     ) -> None:
         super().__init__()
+        self.dataset = dataset
         self.splits = {
             name: _as_split(spec, root) for name, spec in (("train", train), ("val", val), ("test", test)) if spec
         }
@@ -74,19 +83,19 @@ class CocoDetectionDataModule(L.LightningDataModule):
         self.seed: int | None = None  # augmentation and order seeds; drawn at setup from torch's seeded generator
         self._resume: dict[str, Any] = {}  # a checkpoint's place in its epoch (load_state_dict)
         self.collate_fn: Callable | None = None
-        self.datasets: dict[str, CocoDetectionDataset] = {}
+        self.datasets: dict[str, LabelledImageDataset] = {}
 
     def prepare_data(self) -> None:
         if self.prepare is not None:
             self.prepare()
 
-    def split_dataset(self, name: str, transform: Any | None = None) -> CocoDetectionDataset:
+    def split_dataset(self, name: str, transform: Any | None = None) -> LabelledImageDataset:
         """One split's dataset, validated with this data config's settings (only that split is read)."""
         if name not in self.splits:
             raise DatasetError(f"data.{name} is not set: the data config has no '{name}' split; it has {sorted(self.splits)}.")
         if self._header_cache is None:  # one for every split: each saves what the others added
             self._header_cache = ImageHeaderCache(self.header_cache)
-        return CocoDetectionDataset(self.splits[name], transform=transform, on_invalid=self.on_invalid, cache_images=self.cache_images,
+        return self.dataset(**self.splits[name], transform=transform, on_invalid=self.on_invalid, cache_images=self.cache_images,
                                     max_image_pixels=self.max_image_pixels, header_cache=self._header_cache, name=name)  # fmt: skip
 
     @property
@@ -121,7 +130,7 @@ class CocoDetectionDataModule(L.LightningDataModule):
         if name not in self.splits:
             raise DatasetError(f"data.{name} is not set: the data config has no '{name}' split.")
         if self.collate_fn is None:
-            raise RuntimeError("CocoDetectionDataModule.collate_fn is unset: give it a DetectionCollator before loading.")
+            raise RuntimeError("VisionDataModule.collate_fn is unset: give it a BatchCollator before loading.")
         self.setup()
         dataset = self.datasets[name]
         dataset.epoch.share_memory_()  # the sampler sets it here, worker processes read it (idempotent)
@@ -170,9 +179,10 @@ class CocoDetectionDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
-def _as_split(spec: CocoSplit | dict, root: str | None) -> CocoSplit:
-    split = spec if isinstance(spec, CocoSplit) else CocoSplit(**spec)
+def _as_split(spec: dict, root: str | None) -> dict[str, Any]:
+    """A split's keyword arguments with its relative paths (keys ending in ``_dir`` or ``_file``) under ``root``."""
+    split = dict(spec)
     if root is None:
         return split
-    annotation_file = str(Path(root) / split.annotation_file) if split.annotation_file else None
-    return CocoSplit(images_dir=str(Path(root) / split.images_dir), annotation_file=annotation_file)
+    return {key: str(Path(root) / value) if value and (key.endswith("_dir") or key.endswith("_file")) else value
+            for key, value in split.items()}  # fmt: skip

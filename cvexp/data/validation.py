@@ -230,8 +230,13 @@ def validate_coco_split(
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     header_cache: ImageHeaderCache | None = None,
     progress: bool = True,
+    require_masks: bool = False,
 ) -> ValidatedSplit:
-    """Validates one split (see the module doc) and returns what it keeps."""
+    """Validates one split (see the module doc) and returns what it keeps.
+
+    ``require_masks`` (instance segmentation) also checks each annotation's ``segmentation``: polygons
+    of at least 3 points of finite numbers, or an RLE of the image's size (:func:`segmentation_problem`).
+    """
     if on_invalid not in ("raise", "skip"):
         raise DatasetError(f"data.on_invalid is '{on_invalid}'; use 'raise' or 'skip'.")
     content = load_annotation_file(annotation_path)
@@ -243,7 +248,8 @@ def validate_coco_split(
 
     images, dropped_images = _valid_images(content["images"], images_dir.resolve(), file, reject, max_image_pixels, cache, progress)
     cache.save()
-    annotations = _valid_annotations(content["annotations"], images, dropped_images, {c["id"] for c in categories}, file, reject, report)
+    annotations = _valid_annotations(content["annotations"], images, dropped_images, {c["id"] for c in categories}, file, reject, report,
+                                     require_masks)  # fmt: skip
     report.images_kept = len(images)
     report.annotations_kept = sum(len(kept) for kept in annotations.values())
     if not images:
@@ -325,7 +331,7 @@ def _check_image(index: int, record: Any, images_dir: Path, file: str, reject: _
 
 
 def _valid_annotations(records: list[Any], images: dict[int, dict[str, Any]], dropped_images: set[Any], category_ids: set[int], file: str,
-                       reject: _Collector, report: SplitReport) -> dict[int, list[dict[str, Any]]]:  # fmt: skip
+                       reject: _Collector, report: SplitReport, require_masks: bool = False) -> dict[int, list[dict[str, Any]]]:  # fmt: skip
     kept: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in images}
     seen: set[int] = set()
     for index, record in enumerate(records):
@@ -356,6 +362,11 @@ def _valid_annotations(records: list[Any], images: dict[int, dict[str, Any]], dr
         if record.get("iscrowd", 0) not in (0, 1) or isinstance(record.get("iscrowd", 0), bool):
             reject(Problem("iscrowd not 0 or 1", file, where, "iscrowd", f"{record.get('iscrowd')!r} is not 0 or 1"))
             continue
+        if require_masks:
+            problem = segmentation_problem(record.get("segmentation"), info["width"], info["height"])
+            if problem:
+                reject(Problem(problem[0], file, where, "segmentation", problem[1]))
+                continue
         box, problem = _clipped_box(record.get("bbox"), info["width"], info["height"])
         if problem:
             reject(Problem(problem[0], file, where, "bbox", problem[1]))
@@ -368,6 +379,30 @@ def _valid_annotations(records: list[Any], images: dict[int, dict[str, Any]], dr
             continue
         kept[image_id].append({**record, "bbox": box, "area": float(area) if area is not None and box == record["bbox"] else box[2] * box[3]})
     return kept
+
+
+def segmentation_problem(segmentation: Any, width: int, height: int) -> tuple[str, str] | None:
+    """What makes an annotation's ``segmentation`` unusable as an instance mask (kind, message), or ``None``.
+
+    COCO allows polygons (a list of ``[x1, y1, x2, y2, ...]``, each of at least 3 points) and RLE
+    (``{"size": [h, w], "counts": ...}``, compressed or not, as crowd regions use).
+    """
+    if isinstance(segmentation, dict):
+        if list(segmentation.get("size") or []) != [height, width] or "counts" not in segmentation:
+            return ("segmentation RLE malformed", f"an RLE needs 'counts' and 'size' [{height}, {width}] (the image's); "
+                    f"it has size {segmentation.get('size')!r}")  # fmt: skip
+        return None
+    if not isinstance(segmentation, list) or not segmentation:
+        return ("segmentation missing", f"{segmentation!r} is neither polygons [[x1, y1, ...], ...] nor an RLE; instance "
+                "segmentation needs a mask for every annotation")  # fmt: skip
+    for polygon in segmentation:
+        if not isinstance(polygon, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in polygon):
+            return ("segmentation polygon malformed", f"{str(polygon)[:80]} is not a list of numbers [x1, y1, x2, y2, ...]")
+        if not all(math.isfinite(v) for v in polygon):
+            return ("segmentation polygon not finite", f"a polygon holds NaN or infinity: {str(polygon)[:80]}")
+        if len(polygon) < 6 or len(polygon) % 2:
+            return ("segmentation polygon under 3 points", f"a polygon has {len(polygon)} values; it needs x, y pairs of at least 3 points")
+    return None
 
 
 def _clipped_box(bbox: Any, width: int, height: int) -> tuple[list[float], tuple[str, str] | None]:

@@ -1,6 +1,7 @@
-"""The MLflow pyfunc model that ``mlflow models serve`` runs: base64 images in, COCO detections out.
+"""The MLflow pyfunc model that ``mlflow models serve`` runs: base64 images in, the task's records out.
 
-MLflow's transformers flavour gives object-detection pipelines no pyfunc flavour, so the model is a
+MLflow's transformers flavour gives object-detection and segmentation pipelines no pyfunc flavour (and
+would serve a classifier without cvexp's categories), so the model is a
 custom :class:`mlflow.pyfunc.PythonModel` around the model artifact (the ``<run dir>/model``
 directory of the training run, :mod:`cvexp.artifact`), which it runs through the one inference path
 (:class:`cvexp.inference.predictor.Predictor`).
@@ -10,8 +11,11 @@ Request (one row per image; ``params`` optional)::
     {"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG/JPEG>"], ...]},
      "params": {"score_threshold": 0.3}}
 
-Response: ``{"predictions": [[{"bbox": [x, y, w, h], "score": ..., "category_id": ..., "category_name": ...}, ...], ...]}``,
-one list per image, in the request's order.
+Response: ``{"predictions": [[record, ...], ...]}``, one list of flat records per image, in the request's
+order; the model's task decides the records (:meth:`cvexp.tasks.Task.response`, docs/deployment.md):
+detection ``{"bbox": [x, y, w, h], "score", "category_id", "category_name"}``; classification one
+record per class scoring at least the threshold, best first; semantic segmentation one record per
+class present with the RLE of its pixels; instance segmentation a detection record with its mask's RLE.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ def decode_images(model_input: pd.DataFrame | dict | list, max_image_pixels: int
     """
     from PIL import Image
 
-    from cvexp.data.coco import load_rgb_image
+    from cvexp.data.images import load_rgb_image
     from cvexp.data.validation import pixel_limit_problem, read_image_header
 
     if isinstance(model_input, pd.DataFrame):
@@ -143,35 +147,18 @@ def decode_images(model_input: pd.DataFrame | dict | list, max_image_pixels: int
     return images
 
 
-def detection_records(detections: Any, category_names: dict[int, str], score_threshold: float) -> list[dict[str, Any]]:
-    """One image's detections scoring at least ``score_threshold``, best first, as JSON-ready records.
-
-    Each record: ``bbox`` (absolute ``[x, y, w, h]`` in the original image's pixels), ``score``,
-    ``category_id`` (the dataset's own id) and ``category_name``.
-    """
-    import torch
-
-    keep = detections.scores >= score_threshold
-    order = torch.argsort(detections.scores[keep], descending=True)
-    boxes, scores, ids = detections.boxes[keep][order], detections.scores[keep][order], detections.category_ids[keep][order]
-    return [
-        {"bbox": [float(v) for v in box], "score": float(score), "category_id": int(category), "category_name": category_names[int(category)]}
-        for box, score, category in zip(boxes.tolist(), scores.tolist(), ids.tolist(), strict=True)
-    ]
-
-
 def encode_image_file(path: str | Path) -> str:
     """A file's bytes as the base64 string a request carries."""
     with open(path, "rb") as file:
         return base64.b64encode(file.read()).decode("ascii")
 
 
-class CvexpDetectorModel(mlflow.pyfunc.PythonModel):
-    """A cvexp detector behind MLflow's pyfunc interface.
+class CvexpModel(mlflow.pyfunc.PythonModel):
+    """A cvexp model of any task behind MLflow's pyfunc interface; its task shapes the answer (:meth:`cvexp.tasks.Task.response`).
 
     Args:
-        score_threshold: detections scoring below it are dropped, unless a request's
-            ``params={"score_threshold": ...}`` says otherwise.
+        score_threshold: predictions scoring below it are dropped (detections, instances, classes),
+            unless a request's ``params={"score_threshold": ...}`` says otherwise.
     """
 
     def __init__(self, score_threshold: float = DEFAULT_SCORE_THRESHOLD, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
@@ -189,13 +176,14 @@ class CvexpDetectorModel(mlflow.pyfunc.PythonModel):
         guard_scoring_server(getattr(self, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[list[dict[str, Any]]]:
-        """Per image, its detections scoring at least ``params["score_threshold"]`` (see the module doc)."""
+        """Per image, its prediction's records scoring at least ``params["score_threshold"]`` (see the module doc)."""
         threshold = (params or {}).get("score_threshold", self.score_threshold)
         if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
             raise _bad_request(f"params.score_threshold={threshold!r}: give a number from 0 to 1.")
         images = decode_images(model_input, getattr(self, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
         names = {category.id: category.name for category in self.predictor.label_map.categories}
-        return [detection_records(detections, names, threshold) for detections in self.predictor.predict_images(images)]
+        task, request = self.predictor.task, {"score_threshold": float(threshold)}
+        return [task.response(prediction, names, request) for prediction in self.predictor.predict_images(images)]
 
 
 def pyfunc_model_arguments(predictor: Any, artifact_dir: Path, example_image: Path, score_threshold: float,
@@ -210,9 +198,9 @@ def pyfunc_model_arguments(predictor: Any, artifact_dir: Path, example_image: Pa
     example = pd.DataFrame({IMAGE_COLUMN: [encode_image_file(example_image)]})
     names = {category.id: category.name for category in predictor.label_map.categories}
     # Threshold 0 for the example output only: it shows the record fields even for a weak model.
-    example_output = [detection_records(d, names, 0.0) for d in predictor.predict_images(decode_images(example))]
+    example_output = [predictor.task.response(p, names, {"score_threshold": 0.0}) for p in predictor.predict_images(decode_images(example))]
     return {
-        "python_model": CvexpDetectorModel(score_threshold, max_image_pixels, max_request_bytes),
+        "python_model": CvexpModel(score_threshold, max_image_pixels, max_request_bytes),
         "artifacts": {MODEL_ARTIFACT: str(artifact_dir)},
         "signature": infer_signature(example, example_output, params={"score_threshold": score_threshold}),
         "input_example": example,

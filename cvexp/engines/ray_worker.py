@@ -89,7 +89,7 @@ def train_worker(train_loop_config: dict[str, Any]) -> None:
         # Every rank the same seed, as Lightning seeds DDP processes; the samplers still give each
         # rank its own share of the data, and workers=True derives distinct DataLoader worker seeds.
         L.seed_everything(int(config["seed"]), workers=True, verbose=False)
-    # The COCO metrics are already gathered from every rank before they are logged (DetectionModule),
+    # The COCO metrics are already gathered from every rank before they are logged (VisionTaskModule),
     # so Lightning's advice to sync them once more is noise, repeated per metric and per worker.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     options = dict(config["trainer_options"])

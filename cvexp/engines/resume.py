@@ -5,7 +5,7 @@ rest of what decides the next step, and keep ``last.ckpt`` whole:
 
 - :func:`random_states` / :func:`restore_random_states`: the generators of torch (CPU and CUDA),
   numpy and Python, saved in every checkpoint and put back just before the first step after a
-  resume (``DetectionModule``), so random queries, dropout and denoising draw what they would have;
+  resume (``VisionTaskModule``), so random queries, dropout and denoising draw what they would have;
 - the data order and augmentation come from ``(seed, epoch, image)`` alone and the DataModule skips
   what the epoch already trained on (:mod:`cvexp.data.sampling`);
 - :func:`resume_state` reads what the run itself needs before it starts: the MLflow run to continue

@@ -1,7 +1,9 @@
-"""Evaluation of a trained detector: inference over a split, COCO metrics, plots and results json.
+"""Evaluation of a trained model: inference over a split, the task's metrics, plots and results file.
 
-:func:`run_evaluation` is the job behind ``python -m cvexp.evaluate``; :func:`write_report` is
-also what ``cvexp.train`` calls on its test split.
+:func:`run_evaluation` is the job behind ``python -m cvexp.evaluate``, for every task (the model
+artifact names its task, :mod:`cvexp.tasks`). The detection report (:func:`write_report`: COCO
+metrics, PR curves, confusion matrix, results json) lives here too; ``cvexp.train`` writes the same
+report on its test split.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from pycocotools import mask as coco_mask
 
 from cvexp.adapters.base import Detections
-from cvexp.data.coco import Category, CocoDetectionDataset, DatasetError, DetectionTarget
-from cvexp.errors import instantiate
+from cvexp.data.dataset import LabelledImageDataset
+from cvexp.data.labels import Category
+from cvexp.data.targets import DetectionTarget
+from cvexp.errors import DatasetError, instantiate
 from cvexp.evaluation.coco_metric import CocoEvaluation, coco_ground_truth, run_coco_evaluation
 from cvexp.evaluation.plots import plot_confusion_matrix, plot_pr_curves, plot_samples
 from cvexp.evaluation.report import metrics_table, print_table
+from cvexp.tasks.base import EvaluationReport
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +96,6 @@ def confusion_matrix(predictions: Sequence[Prediction], categories: Sequence[Cat
     return matrix
 
 
-@dataclass
-class EvaluationReport:
-    """What :func:`write_report` produced: the metrics and the files it wrote, by kind."""
-
-    metrics: dict[str, float]
-    files: dict[str, Path] = field(default_factory=dict)
-    num_images: int = 0
-    num_detections: int = 0
-
-
 def write_report(
     predictions: Sequence[Prediction],
     categories: Sequence[Category],
@@ -134,22 +129,16 @@ def write_report(
     if num_samples > 0 and predictions:
         samples = [(load_image(target.image_id), detection, target) for detection, target in predictions[:num_samples]]
         files["samples"] = plot_samples(samples, categories, render_score_threshold, output_dir / "samples.png")
-    return EvaluationReport(evaluation.metrics, files, num_images=len(predictions), num_detections=len(results))
+    return EvaluationReport(evaluation.metrics, files, num_images=len(predictions), num_predictions=len(results))
 
 
-def dataset_image_loader(dataset: CocoDetectionDataset) -> Callable[[int], np.ndarray]:
+def dataset_image_loader(dataset: LabelledImageDataset) -> Callable[[int], np.ndarray]:
     """``image_id -> image`` for a dataset (its own transform, if any, applies)."""
     position = {image_id: index for index, image_id in enumerate(dataset.image_ids)}
     return lambda image_id: dataset[position[image_id]].image
 
 
-def report_options(cfg: DictConfig | None) -> dict[str, Any]:
-    """The keyword arguments of :func:`write_report` from a ``report`` config node (conf/report/)."""
-    keys = ("score_threshold", "iou_threshold", "render_score_threshold", "num_samples")
-    return {key: cfg[key] for key in keys if cfg is not None and key in cfg}
-
-
-def evaluation_split(data_cfg: DictConfig | dict, split: str, categories: Sequence[Category], stored_in: str | None = None) -> CocoDetectionDataset:
+def evaluation_split(data_cfg: DictConfig | dict, split: str, categories: Sequence[Category], stored_in: str | None = None) -> LabelledImageDataset:
     """The dataset of one split of a data config, checked against the model's categories.
 
     Only that split is read (a DataModule would read the training split too, for its label map).
@@ -165,12 +154,12 @@ def evaluation_split(data_cfg: DictConfig | dict, split: str, categories: Sequen
     dataset = datamodule.split_dataset(split)
     unknown = {c.id for c in dataset.label_map.categories} - {c.id for c in categories}
     if unknown:
-        raise DatasetError(f"{dataset.annotation_path}: category ids {sorted(unknown)} are not among the model's classes "
+        raise DatasetError(f"data.{split} ({dataset.images_dir}): category ids {sorted(unknown)} are not among the model's classes "
                            f"{[(c.id, c.name) for c in categories]}; evaluate on data labelled like the training data.")  # fmt: skip
     return dataset
 
 
-def model_split(predictor: Any, data_cfg: DictConfig | None, split: str, ckpt_path: str) -> tuple[CocoDetectionDataset, Any]:
+def model_split(predictor: Any, data_cfg: DictConfig | None, split: str, ckpt_path: str) -> tuple[LabelledImageDataset, Any]:
     """The split to evaluate a model on, from ``data_cfg`` when given, else from the data config stored with the model.
 
     Returns the dataset and the data config it came from.
@@ -211,11 +200,12 @@ def run_evaluation(cfg: DictConfig) -> EvaluationSummary:
     batch_size = int(cfg.get("batch_size") or data_cfg.get("batch_size") or 8)
     predictions = predictor.predict_dataset(dataset, batch_size, int(data_cfg.get("num_workers") or 0), description=f"evaluating {cfg.split}")
     output_dir = Path(cfg.paths.output_dir)
-    report = write_report(predictions, categories, output_dir, dataset_image_loader(dataset), **report_options(cfg.get("report")))
+    report = predictor.task.write_report(predictions, categories, output_dir, dataset_image_loader(dataset), cfg.get("report") or {})
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     report.files["config"] = output_dir / "config.yaml"
 
-    print(f"{cfg.ckpt_path}: {report.num_images} images of the {cfg.split} split, {report.num_detections} detections")
+    print(f"{cfg.ckpt_path}: {report.num_images} images of the {cfg.split} split, {report.num_predictions} predictions "
+          f"({predictor.task.name})")
     print_table(metrics_table(f"cvexp.evaluate: {cfg.split}", {cfg.split: report.metrics}))
     run_id = None
     if cfg.get("logger"):

@@ -1,4 +1,4 @@
-"""Evaluation plots: per-class PR curves, the confusion matrix, and images with their boxes.
+"""Evaluation plots of every task: PR curves, confusion matrices, per-class bars, images with their boxes, labels or masks.
 
 matplotlib with the Agg backend: plots are written to files, never shown, and need no display.
 """
@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from cvexp.adapters.base import Detections
-from cvexp.data.coco import Category, DetectionTarget
+from cvexp.data.labels import Category
+from cvexp.data.targets import DetectionTarget
 from cvexp.evaluation.coco_metric import CocoEvaluation
 
 GROUND_TRUTH_COLOR = "#00c853"
@@ -67,10 +68,11 @@ def plot_pr_curves(evaluation: CocoEvaluation, categories: Sequence[Category], p
     return _save(figure, path)
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "Confusion matrix") -> Path:
-    """Counts with ground truth down and predictions across; the last row and column are background."""
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "Confusion matrix",
+                          background: bool = True) -> Path:  # fmt: skip
+    """Counts with ground truth down and predictions across; with ``background``, the last row and column are background."""
     plt = pyplot()
-    names = [*class_names, "background"]
+    names = [*class_names, "background"] if background else list(class_names)
     size = max(5.0, 0.45 * len(names) + 2.5)
     figure, axis = plt.subplots(figsize=(size + 1, size), constrained_layout=True)
     image = axis.imshow(matrix, cmap="Blues")
@@ -159,3 +161,64 @@ def render_detections(image: np.ndarray, detections: Detections, names: Mapping[
     axis = figure.add_axes((0, 0, 1, 1))
     draw_boxes(axis, image, detections, names, score_threshold)
     return _save(figure, path)
+
+
+def class_colors(count: int) -> np.ndarray:
+    """``(count, 3)`` uint8 colours, one per class: tab10 up to 10 classes, tab20 (pairs of shades) beyond."""
+    palette = 10 if count <= 10 else 20
+    cmap = pyplot().get_cmap(f"tab{palette}")
+    return (np.array([cmap(index % palette)[:3] for index in range(count)]) * 255).astype(np.uint8)
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, category_ids: Sequence[int], alpha: float = 0.6) -> np.ndarray:
+    """``image`` in grey with each pixel tinted by its class in ``mask`` (category ids; other values, e.g. ignored
+    pixels, stay grey). Grey underneath, so that the class colours never mix with the image's own."""
+    colors = class_colors(len(category_ids))
+    grey = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    tinted = np.repeat(grey[..., None], 3, axis=-1)
+    for index, category_id in enumerate(category_ids):
+        where = mask == category_id
+        tinted[where] = (1 - alpha) * tinted[where] + alpha * colors[index]
+    return tinted.astype(np.uint8)
+
+
+def plot_class_bars(values: Mapping[str, float], path: Path, title: str, xlabel: str) -> Path:
+    """A horizontal bar per class (e.g. IoU, recall); NaN bars are labelled ``n/a``."""
+    plt = pyplot()
+    names = list(values)
+    figure, axis = plt.subplots(figsize=(7, max(2.5, 0.35 * len(names) + 1.2)), constrained_layout=True)
+    numbers = [0.0 if math.isnan(v) else v for v in values.values()]
+    axis.barh(names, numbers, color="#1976d2")
+    for row, value in enumerate(values.values()):
+        axis.text(min(value, 1.0) if not math.isnan(value) else 0.0, row, " n/a" if math.isnan(value) else f" {value:.3f}", va="center", fontsize=8)
+    axis.set(xlim=(0, 1.1), xlabel=xlabel, title=title)
+    axis.invert_yaxis()
+    return _save(figure, path)
+
+
+def plot_image_grid(panels: Sequence[tuple[np.ndarray, str]], path: Path, columns: int = 4, legend: Mapping[str, np.ndarray] | None = None) -> Path:
+    """A grid of images, each with its title; ``legend`` (name -> RGB uint8 colour) adds colour patches below."""
+    from matplotlib.patches import Patch
+
+    plt = pyplot()
+    columns = max(1, min(columns, len(panels)))
+    rows = max(1, math.ceil(len(panels) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.6 * rows + 0.6), squeeze=False, constrained_layout=True)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    for axis, (image, title) in zip(axes.flat, panels, strict=False):
+        axis.imshow(image)
+        axis.set_title(title, fontsize=8)
+    if legend:
+        handles = [Patch(color=np.asarray(color) / 255, label=name) for name, color in legend.items()]
+        figure.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), frameon=False, fontsize=8)
+    return _save(figure, path)
+
+
+def save_image(image: np.ndarray, path: Path) -> Path:
+    """Writes an HWC uint8 image as a PNG."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path

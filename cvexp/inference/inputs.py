@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cvexp.data.coco import DetectionSample, DetectionTarget, load_annotation_file, load_rgb_image
+from cvexp.data.coco import load_annotation_file
+from cvexp.data.images import load_rgb_image
+from cvexp.data.targets import ImageInfo, Sample
 
 COCO_SPLIT_ANNOTATIONS = "_annotations.coco.json"
 
@@ -62,7 +63,7 @@ def resolve_inputs(inputs: str, annotation_file: str | None = None) -> list[Imag
 
 
 class ImageFilesDataset(Dataset):
-    """Images without annotations, as :class:`DetectionSample` with empty targets (for the collator)."""
+    """Images without annotations, as :class:`Sample` with :class:`ImageInfo` targets (for the collator)."""
 
     def __init__(self, images: list[ImageInput]) -> None:
         self.images = images
@@ -70,16 +71,11 @@ class ImageFilesDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> DetectionSample:
+    def __getitem__(self, index: int) -> Sample:
         item = self.images[index]
         return unlabelled_sample(load_rgb_image(item.path), item.image_id, item.file_name)
 
 
-def unlabelled_sample(image: np.ndarray, image_id: int, file_name: str = "") -> DetectionSample:
-    """An HWC uint8 image with an empty target, which :class:`DetectionCollator` batches like a dataset sample."""
-    target = DetectionTarget(
-        image_id=image_id, boxes=torch.zeros(0, 4), category_ids=torch.zeros(0, dtype=torch.int64),
-        iscrowd=torch.zeros(0, dtype=torch.int64), area=torch.zeros(0), size=(int(image.shape[0]), int(image.shape[1])),
-        file_name=file_name,
-    )  # fmt: skip
-    return DetectionSample(image=image, target=target)
+def unlabelled_sample(image: np.ndarray, image_id: int, file_name: str = "") -> Sample:
+    """An HWC uint8 image without ground truth, which :class:`BatchCollator` batches like a dataset sample."""
+    return Sample(image=image, target=ImageInfo(image_id, (int(image.shape[0]), int(image.shape[1])), file_name))

@@ -15,12 +15,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cvexp.adapters.base import Detections, OutputAdapter
+from cvexp.adapters.base import OutputAdapter, Prediction
 from cvexp.artifact import LoadedModel, ModelMetadata, load_model, save_artifact
-from cvexp.data.coco import DetectionTarget, LabelMap
-from cvexp.data.collate import DetectionCollator
+from cvexp.data.collate import BatchCollator
+from cvexp.data.labels import LabelMap
+from cvexp.tasks import Task, task_named
 
-Prediction = tuple[Detections, DetectionTarget]
+#: A prediction and the target (or :class:`~cvexp.data.targets.ImageInfo`) of its image.
+PredictedSample = tuple[Prediction, Any]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -37,8 +39,12 @@ class Predictor:
         model: the Hugging Face model (put in eval mode on ``device``).
         image_processor: the image processor it was trained with.
         adapter: its output adapter (built with the model's label map).
-        metadata: the model's metadata (categories, image size, weights, metrics, training config).
+        metadata: the model's metadata (task, categories, image size, weights, metrics, training config).
         device: where to run it (``auto``: CUDA when available).
+
+    Attributes:
+        task: the model's task (:mod:`cvexp.tasks`), as its metadata names it: how its predictions
+            are scored, reported, served and monitored.
     """
 
     def __init__(self, model: Any, image_processor: Any, adapter: OutputAdapter, metadata: ModelMetadata,
@@ -48,7 +54,8 @@ class Predictor:
         self.image_processor = image_processor
         self.adapter = adapter
         self.metadata = metadata
-        self.collator = DetectionCollator(image_processor, adapter, image_size=metadata.image_size)
+        self.task: Task = task_named(metadata.task)
+        self.collator = BatchCollator(image_processor, adapter, image_size=metadata.image_size)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> Predictor:
@@ -74,12 +81,12 @@ class Predictor:
         """Writes the model artifact (see :mod:`cvexp.artifact`) to ``output_dir``."""
         return save_artifact(self.model, self.image_processor, self.metadata, output_dir)
 
-    def predict_batches(self, batches: Iterable[dict[str, Any]], description: str = "predicting", progress: bool = True) -> list[Prediction]:
+    def predict_batches(self, batches: Iterable[dict[str, Any]], description: str = "predicting", progress: bool = True) -> list[PredictedSample]:
         """Runs the model over collated ``batches`` (with a progress bar unless ``progress`` is false, as in a
-        model server); detections come unthresholded, in original image coordinates."""
+        model server); predictions come unthresholded, in original image coordinates, each with its target."""
         from rich.progress import track
 
-        predictions: list[Prediction] = []
+        predictions: list[PredictedSample] = []
         total = len(batches) if hasattr(batches, "__len__") else None
         iterator = track(batches, description=description, total=total, transient=True) if progress else batches
         with torch.inference_mode():
@@ -91,15 +98,15 @@ class Predictor:
                 predictions += zip(self.adapter.format_predictions(outputs, batch["targets"]), batch["targets"], strict=True)
         return predictions
 
-    def predict_dataset(self, dataset: Any, batch_size: int, num_workers: int = 0, description: str = "predicting") -> list[Prediction]:
-        """Every sample of ``dataset`` (a dataset of :class:`~cvexp.data.coco.DetectionSample`), batched and fed as in training."""
+    def predict_dataset(self, dataset: Any, batch_size: int, num_workers: int = 0, description: str = "predicting") -> list[PredictedSample]:
+        """Every sample of ``dataset`` (a dataset of :class:`~cvexp.data.targets.Sample`), batched and fed as in training."""
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=self.collator)
         return self.predict_batches(loader, description=description)
 
-    def predict_images(self, images: Sequence[np.ndarray], batch_size: int = 8, progress: bool = False) -> list[Detections]:
-        """Unthresholded detections of HWC uint8 RGB ``images``, in their pixel coordinates."""
+    def predict_images(self, images: Sequence[np.ndarray], batch_size: int = 8, progress: bool = False) -> list[Prediction]:
+        """The unthresholded predictions of HWC uint8 RGB ``images``, in their pixel coordinates."""
         from cvexp.inference.inputs import unlabelled_sample
 
         samples = [unlabelled_sample(image, index) for index, image in enumerate(images)]
         batches = [self.collator(samples[start : start + batch_size]) for start in range(0, len(samples), batch_size)]
-        return [detection for detection, _ in self.predict_batches(batches, progress=progress)]
+        return [prediction for prediction, _ in self.predict_batches(batches, progress=progress)]

@@ -1,5 +1,5 @@
 """Models: Hugging Face detector builders and the detection LightningModule."""
 
-from cvexp.models.huggingface import Detector, build_detector
+from cvexp.models.huggingface import BuiltModel, build_model
 
-__all__ = ["Detector", "build_detector"]
+__all__ = ["BuiltModel", "build_model"]

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from hydra.utils import get_class
 
-from cvexp.data.coco import LabelMap
+from cvexp.data.labels import LabelMap
 from cvexp.errors import ConfigError
 from cvexp.models.pretrained import WeightSource, construct_model, load_pretrained
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Detector:
+class BuiltModel:
     """A Hugging Face detection model, the image processor that feeds it, and what cvexp records about it.
 
     Attributes:
@@ -34,7 +34,7 @@ class Detector:
     backbone_modules: tuple[str, ...] = ()
 
 
-def build_detector(
+def build_model(
     model_class: str,
     label_map: LabelMap,
     config: Any | None = None,
@@ -46,7 +46,7 @@ def build_detector(
     trainable_batch_norm: bool = False,
     initializers: Sequence[Callable[[torch.nn.Module], None]] = (),
     hub_name: str | None = None,
-) -> Detector:
+) -> BuiltModel:
     """Builds a detector whose classification head matches ``label_map``.
 
     Args:
@@ -102,7 +102,7 @@ def build_detector(
     for path in backbone:
         _backbone_module(model, path)  # a wrong path fails here, before anything trains
     _adjust_backbone(model, backbone, train_backbone, trainable_batch_norm)
-    return Detector(model=model, image_processor=image_processor, weights=weights, backbone_modules=backbone)
+    return BuiltModel(model=model, image_processor=image_processor, weights=weights, backbone_modules=backbone)
 
 
 def _backbone_module(model: torch.nn.Module, path: str) -> torch.nn.Module:

@@ -4,9 +4,11 @@
 
 - inputs, one value per image: ``brightness`` (mean grey level), ``contrast`` (grey-level standard
   deviation), ``width``, ``height``;
-- predictions (detections scoring at least ``score_threshold``): ``max_score`` and
-  ``detections_per_image`` per image, ``score`` and ``box_area`` (fraction of the image) per
-  detection, and the class frequencies.
+- predictions, in the terms of the model's task (:meth:`cvexp.tasks.Task.prediction_features`):
+  for detection (what scores at least ``score_threshold``) ``max_score`` and ``detections_per_image``
+  per image, ``score`` and ``box_area`` (fraction of the image) per detection; for classification
+  the top score; for semantic segmentation the share of the image each class covers; for instance
+  segmentation instances per image and mask areas; and the predicted class frequencies.
 
 Each numeric feature gets the two-sample Kolmogorov-Smirnov test (``scipy.stats.ks_2samp``) and the
 population stability index (PSI, over deciles of the reference); the class frequencies get the
@@ -62,28 +64,20 @@ def image_statistics(image: np.ndarray) -> dict[str, float]:
     return {"brightness": float(grey.mean()), "contrast": float(grey.std()), "width": float(image.shape[1]), "height": float(image.shape[0])}
 
 
-def collect_features(images: Sequence[np.ndarray], detections: Sequence[Any], category_names: dict[int, str],
+def collect_features(images: Sequence[np.ndarray], predictions: Sequence[Any], task: Any, category_names: dict[int, str],
                      score_threshold: float) -> FeatureSamples:  # fmt: skip
-    """The feature values of ``images`` and their unthresholded :class:`~cvexp.adapters.base.Detections`."""
-    per_image: dict[str, list[float]] = {"brightness": [], "contrast": [], "width": [], "height": [], "max_score": [], "detections_per_image": []}
-    scores: list[float] = []
-    areas: list[float] = []
+    """The feature values of ``images`` and their unthresholded predictions, in the terms of ``task`` (a :class:`cvexp.tasks.Task`)."""
+    numeric: dict[str, list[float]] = {}
     class_counts = dict.fromkeys(category_names.values(), 0)
-    for image, detection in zip(images, detections, strict=True):
-        for name, value in image_statistics(image).items():
-            per_image[name].append(value)
-        per_image["max_score"].append(float(detection.scores.max()) if len(detection.scores) else 0.0)
-        keep = detection.scores >= score_threshold
-        per_image["detections_per_image"].append(float(keep.sum()))
-        scores += detection.scores[keep].tolist()
-        image_area = float(image.shape[0] * image.shape[1])
-        areas += (detection.boxes[keep][:, 2] * detection.boxes[keep][:, 3] / image_area).tolist()
-        for category_id in detection.category_ids[keep].tolist():
-            class_counts[category_names[int(category_id)]] += 1
-    numeric = {name: np.asarray(values, dtype=np.float64) for name, values in per_image.items()}
-    numeric["score"] = np.asarray(scores, dtype=np.float64)
-    numeric["box_area"] = np.asarray(areas, dtype=np.float64)
-    return FeatureSamples(numeric, class_counts)
+    for image, prediction in zip(images, predictions, strict=True):
+        features = task.prediction_features(prediction, image.shape[:2], category_names, score_threshold)
+        for name, value in {**image_statistics(image), **features.per_image}.items():
+            numeric.setdefault(name, []).append(value)
+        for name, values in features.per_item.items():
+            numeric.setdefault(name, []).extend(values)
+        for name in features.classes:
+            class_counts[name] += 1
+    return FeatureSamples({name: np.asarray(values, dtype=np.float64) for name, values in numeric.items()}, class_counts)
 
 
 def population_stability_index(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
@@ -203,7 +197,7 @@ class MonitoringSummary:
 
 
 def _images_and_detections(predictor: Any, inputs: str, batch_size: int) -> tuple[list[np.ndarray], list[Any]]:
-    from cvexp.data.coco import load_rgb_image
+    from cvexp.data.images import load_rgb_image
     from cvexp.inference.inputs import resolve_inputs
 
     images = [load_rgb_image(item.path) for item in resolve_inputs(inputs)]
@@ -224,7 +218,7 @@ def run_monitoring(cfg: DictConfig) -> MonitoringSummary:
     samples = {}
     for side in ("reference", "current"):
         images, detections = _images_and_detections(predictor, str(cfg[side]), int(cfg.batch_size))
-        samples[side] = collect_features(images, detections, names, float(cfg.score_threshold))
+        samples[side] = collect_features(images, detections, predictor.task, names, float(cfg.score_threshold))
     drifts = compare_features(samples["reference"], samples["current"], cfg.thresholds)
     drifted = [d.feature for d in drifts if d.drift]
 

@@ -15,6 +15,50 @@ WEIGHTS_TAG = "cvexp.weights"
 RESUMED_TAG = "cvexp.resumed_from"
 
 
+# Tags on the MLflow runs of a sweep. A sweep's runs share SWEEP_TAG (its directory), so the UI
+# lists them with the filter  tags.sweep = '<sweep dir>'; they are also children of the parent run.
+SWEEP_TAG = "sweep"
+SWEEP_JOB_TAG = "sweep_job"
+SWEEP_ROLE_TAG = "sweep_role"
+_PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: nests a run under its parent in the UI
+
+
+def multirun_hydra_config() -> DictConfig | None:
+    """Hydra's config when this process runs a job of a multirun; None otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def parent_run_id(client: Any, experiment_id: str, sweep: str) -> str | None:
+    """The MLflow parent run of the sweep whose directory is ``sweep``; None if there is none."""
+    query = f"tags.{SWEEP_TAG} = '{sweep}' and tags.{SWEEP_ROLE_TAG} = 'parent'"
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def sweep_run_tags(client: Any, experiment_id: str) -> dict[str, str]:
+    """The tags that put a job's MLflow run into its sweep; empty outside a multirun.
+
+    Args:
+        client: an ``mlflow.MlflowClient`` on the run's store.
+        experiment_id: the run's experiment, where the sweep's parent run is looked up.
+    """
+    hydra_cfg = multirun_hydra_config()
+    if hydra_cfg is None:
+        return {}
+    sweep = str(hydra_cfg.sweep.dir)
+    tags = {SWEEP_TAG: sweep, SWEEP_JOB_TAG: str(hydra_cfg.job.num), SWEEP_ROLE_TAG: "job"}
+    parent = parent_run_id(client, experiment_id, sweep)
+    if parent:
+        tags[_PARENT_RUN_TAG] = parent
+    return tags
+
+
 def flatten_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as ``{"model.config.d_model": 64, ...}`` (MLflow params)."""
     flat: dict[str, Any] = {}
@@ -36,7 +80,7 @@ def flatten_config(cfg: DictConfig) -> dict[str, Any]:
 def log_run_config(logger: Any, cfg: DictConfig, output_dir: Path, tags: dict[str, str] | None = None, params: bool = True) -> None:
     """Logs the flattened config as params (unless ``params`` is false), the resolved ``config.yaml`` as an artifact, and ``tags``.
 
-    In a job of a sweep, also tags the run with its sweep (see :func:`cvexp.sweeps.sweep_run_tags`).
+    In a job of a sweep, also tags the run with its sweep (see :func:`sweep_run_tags`).
     """
     for name, value in (tags or {}).items():
         logger.experiment.set_tag(logger.run_id, name, value)
@@ -46,8 +90,7 @@ def log_run_config(logger: Any, cfg: DictConfig, output_dir: Path, tags: dict[st
     path = output_dir / "config.yaml"
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     logger.experiment.log_artifact(logger.run_id, str(path))
-    from cvexp.sweeps import sweep_run_tags  # a job of a sweep: group its run with the sweep's others
-
+    # a job of a sweep: group its run with the sweep's others
     for name, value in sweep_run_tags(logger.experiment, logger.experiment_id).items():
         logger.experiment.set_tag(logger.run_id, name, value)
 

@@ -1,4 +1,4 @@
-"""The one LightningModule that trains and evaluates every Hugging Face detector."""
+"""The one LightningModule that trains and evaluates every Hugging Face vision model, of every task."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from torchmetrics import Metric
 
-from cvexp.adapters.base import Detections, OutputAdapter
+from cvexp.adapters.base import OutputAdapter, Prediction
 from cvexp.artifact import CHECKPOINT_KEY, ModelMetadata, checkpoint_section
-from cvexp.data.coco import DetectionTarget
 from cvexp.engines.resume import RANDOM_STATE_KEY, THREADS_KEY, random_states, restore_random_states
-from cvexp.evaluation.coco_metric import CocoDetectionMetric
 from cvexp.models.huggingface import backbone_parameter_names
+from cvexp.tasks import Task, task_named
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -24,16 +25,18 @@ SchedulerFactory = Callable[..., Any]
 log = logging.getLogger(__name__)
 
 
-class DetectionModule(L.LightningModule):
-    """Trains a detector through its adapter and scores it with COCO metrics.
+class VisionTaskModule(L.LightningModule):
+    """Trains a model through its adapter and scores it with its task's metric, for every task.
 
-    Logged names: ``train/loss_step``, ``train/loss_epoch`` and ``train/<loss part>``; ``val/loss``, ``val/map``,
-    ``val/map_50`` ... ``val/mar_100`` and ``val/ap/<class name>`` per validation epoch (``test/``
-    likewise).
+    Logged names: ``train/loss_step``, ``train/loss_epoch`` and ``train/<loss part>``; ``val/loss`` and
+    the task's metrics per validation epoch (detection: ``val/map``, ``val/map_50`` ... ``val/ap/<class
+    name>``; classification: ``val/accuracy``, ``val/macro_f1`` ...; semantic segmentation:
+    ``val/miou`` ...), ``test/`` likewise.
 
     Args:
-        model: a Hugging Face detection model.
-        adapter: the model family's output adapter.
+        model: a Hugging Face vision model.
+        adapter: the model family's output adapter (it speaks the task's targets and predictions).
+        task: the task (:mod:`cvexp.tasks`) or its name; default: the one the adapter speaks.
         optimizer: partial optimizer, called with the parameter groups.
         scheduler: partial LR scheduler, called with the optimizer (and ``num_training_steps`` when
             it takes that argument); stepped every optimizer step.
@@ -50,6 +53,7 @@ class DetectionModule(L.LightningModule):
         model: torch.nn.Module,
         adapter: OutputAdapter,
         optimizer: OptimizerFactory,
+        task: Task | str | None = None,
         scheduler: SchedulerFactory | None = None,
         backbone_lr_scale: float = 1.0,
         backbone_modules: tuple[str, ...] = (),
@@ -65,29 +69,29 @@ class DetectionModule(L.LightningModule):
         self.backbone_modules = tuple(backbone_modules)
         self.image_processor = image_processor
         self.metadata = metadata
+        self.task = task_named(task or adapter.task) if not isinstance(task, Task) else task
         categories = adapter.label_map.categories
-        self.val_metric = CocoDetectionMetric(categories)
-        self.test_metric = CocoDetectionMetric(categories)
-        # The last test run's detections and targets, for the evaluation report after training.
-        self.test_predictions: list[tuple[Detections, DetectionTarget]] = []
+        self.val_metric: Metric = self.task.metric(categories)
+        self.test_metric: Metric = self.task.metric(categories)
+        # The last test run's predictions and targets, for the evaluation report after training.
+        self.test_predictions: list[tuple[Prediction, Any]] = []
         self._validated_epoch: int | None = None
         # Images that could not be read at training time and were skipped (path -> why), in this process.
         self.unreadable_images: dict[str, str] = {}
         self._pending_random_state: dict[str, Any] | None = None
 
     def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict[str, Any]:
-        # Only what the model reads moves; the original targets stay on the CPU, where the COCO
-        # metric reads them. (Lightning's generic walk over every target costs ~2 % of a CPU step.)
+        # Only what the model reads moves; the original targets stay on the CPU, where the metrics
+        # read them. (Lightning's generic walk over every target costs ~2 % of a CPU step.)
         if device.type == "cpu" or "pixel_values" not in batch:
             return batch
         moved = dict(batch)
-        for key in ("pixel_values", "pixel_mask"):
-            moved[key] = batch[key].to(device, non_blocking=True)
-        moved["labels"] = [{name: value.to(device, non_blocking=True) for name, value in label.items()} for label in batch["labels"]]
+        for key in ("pixel_values", "pixel_mask", "labels"):
+            moved[key] = move_data_to_device(batch[key], device)
         return moved
 
     def forward(self, batch: dict[str, Any]) -> Any:
-        return self.model(**self.adapter.model_inputs(batch, with_labels="labels" in batch))
+        return self.model(**self.adapter.model_inputs(batch, with_labels=batch.get("labels") is not None))
 
     def _readable(self, batch: dict[str, Any]) -> bool:
         """Notes the images of ``batch`` that could not be read (``data.on_invalid=skip``); False when nothing else is left."""
@@ -109,17 +113,17 @@ class DetectionModule(L.LightningModule):
             self.log_dict({f"train/{name}": value for name, value in adapted.loss_parts.items()}, batch_size=batch_size)
         return adapted.loss
 
-    def _evaluation_step(self, batch: dict[str, Any], stage: str, metric: CocoDetectionMetric) -> None:
+    def _evaluation_step(self, batch: dict[str, Any], stage: str, metric: Metric) -> None:
         if not self._readable(batch):
             return
         outputs = self(batch)
         self.log(f"{stage}/loss", self.adapter.adapt_output(outputs).loss, batch_size=len(batch["targets"]), sync_dist=True)
-        detections = self.adapter.format_predictions(outputs, batch["targets"])
-        metric.update(detections, batch["targets"])
+        predictions = self.adapter.format_predictions(outputs, batch["targets"])
+        metric.update(predictions, batch["targets"])
         if metric is self.test_metric:
-            self.test_predictions += zip(detections, batch["targets"], strict=True)
+            self.test_predictions += zip(predictions, batch["targets"], strict=True)
 
-    def _log_metric(self, stage: str, metric: CocoDetectionMetric) -> None:
+    def _log_metric(self, stage: str, metric: Metric) -> None:
         values = metric.compute()
         metric.reset()
         if self.trainer.sanity_checking:
@@ -127,9 +131,10 @@ class DetectionModule(L.LightningModule):
         if stage == "val":
             self._validated_epoch = self.current_epoch
         # A line per evaluation, for logs read without the progress bar (files, CI).
-        log.info("%s epoch %d: map_50=%.4f map=%.4f mar_100=%.4f", stage, self.current_epoch, values["map_50"], values["map"], values["mar_100"])
-        # compute() already gathered every process's detections: the values agree, no sync needed.
-        self.log(f"{stage}/map_50", values.pop("map_50"), prog_bar=True)
+        log.info("%s epoch %d: %s", stage, self.current_epoch, self.task.log_line(values))
+        # compute() already gathered every process's predictions: the values agree, no sync needed.
+        headline = self.task.headline[0]
+        self.log(f"{stage}/{headline}", values.pop(headline), prog_bar=True)
         self.log_dict({f"{stage}/{name}": value for name, value in values.items()})
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

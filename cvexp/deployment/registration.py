@@ -72,13 +72,13 @@ class RegistrationSummary:
 
 
 def _score(predictor: Any, dataset: Any, batch_size: int, metric: str) -> float:
-    """``metric`` (a COCO metric name) of ``predictor`` on ``dataset``: the same evaluation as ``cvexp.evaluate``, no report files."""
-    from cvexp.evaluation.evaluator import evaluate_predictions
-
+    """``metric`` (a metric name of the model's task) of ``predictor`` on ``dataset``: the same evaluation as ``cvexp.evaluate``,
+    no report files."""
     predictions = predictor.predict_dataset(dataset, batch_size, description="evaluating")
-    metrics = evaluate_predictions(predictions, predictor.label_map.categories)[1].metrics
+    metrics = predictor.task.evaluate(predictions, predictor.label_map.categories)
     if metric not in metrics:
-        raise ConfigError(f"metric=<split>/{metric}: no such metric; choose one of {sorted(metrics)} (e.g. metric=val/map).")
+        raise ConfigError(f"metric=<split>/{metric}: no such {predictor.task.name} metric; choose one of {sorted(metrics)} "
+                          f"(e.g. metric=val/{predictor.task.headline[0]}).")  # fmt: skip
     return float(metrics[metric])
 
 
@@ -137,7 +137,9 @@ def run_registration(cfg: DictConfig) -> RegistrationSummary:
     predictor = Predictor.load(cfg.ckpt_path, device=device)
     artifact_dir = Path(cfg.ckpt_path) if Path(cfg.ckpt_path).is_dir() else predictor.save(output_dir / ARTIFACT_DIR)
 
-    split, _, metric_key = str(cfg.metric).rpartition("/")
+    # Default: the metric the model's training kept its best checkpoint by (its task's, e.g. val/map, val/accuracy).
+    metric_name = str(cfg.metric or predictor.config.get("optimized_metric") or f"val/{predictor.task.headline[0]}")
+    split, _, metric_key = metric_name.rpartition("/")
     dataset, data_cfg = model_split(predictor, cfg.get("data"), split or "val", str(cfg.ckpt_path))
     batch_size = int(data_cfg.get("batch_size") or 8)
     metric_value = _score(predictor, dataset, batch_size, metric_key)
@@ -155,13 +157,13 @@ def run_registration(cfg: DictConfig) -> RegistrationSummary:
     mlflow.set_registry_uri(registry.registry_uri)
     experiment = experiment_id(client, registry.experiment_name, registry.get("artifact_location"))
     with mlflow.start_run(experiment_id=experiment, run_name=Path(cfg.ckpt_path).name) as run:
-        mlflow.log_params({"ckpt_path": str(cfg.ckpt_path), "metric": cfg.metric, "score_threshold": cfg.score_threshold,
+        mlflow.log_params({"ckpt_path": str(cfg.ckpt_path), "metric": metric_name, "score_threshold": cfg.score_threshold,
                            "model_class": predictor.metadata.model_class, "num_images": len(dataset)})  # fmt: skip
         mlflow.set_tags({"cvexp.weights": predictor.metadata.weights.tag(),
                          **({"cvexp.source_run_id": predictor.metadata.mlflow_run_id} if predictor.metadata.mlflow_run_id else {})})  # fmt: skip
-        mlflow.log_metric(cfg.metric, metric_value)
+        mlflow.log_metric(metric_name, metric_value)
         if champion_value is not None:
-            mlflow.log_metric(f"champion/{cfg.metric}", champion_value)
+            mlflow.log_metric(f"champion/{metric_name}", champion_value)
         mlflow.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
         # The input example: the split's first image, as a request sends it.
         example_image = dataset.image_path(dataset.image_ids[0])
@@ -169,7 +171,7 @@ def run_registration(cfg: DictConfig) -> RegistrationSummary:
                                        **pyfunc_model_arguments(predictor, artifact_dir, example_image, float(cfg.score_threshold),
                                                                 **dict(cfg.get("serving") or {})))  # fmt: skip
     model_version = str(info.registered_model_version)
-    client.set_model_version_tag(registry.model_name, model_version, METRIC_NAME_TAG, cfg.metric)
+    client.set_model_version_tag(registry.model_name, model_version, METRIC_NAME_TAG, metric_name)
     client.set_model_version_tag(registry.model_name, model_version, METRIC_VALUE_TAG, repr(metric_value))
 
     client.set_registered_model_alias(registry.model_name, CHALLENGER, model_version)
@@ -180,8 +182,8 @@ def run_registration(cfg: DictConfig) -> RegistrationSummary:
         client.set_registered_model_alias(registry.model_name, CHAMPION, model_version)
 
     summary = RegistrationSummary(registry.model_name, model_version, f"models:/{registry.model_name}/{model_version}", run.info.run_id,
-                                  artifact_dir, cfg.metric, metric_value, champion_value, promote, reason)  # fmt: skip
-    print(f"registered {registry.model_name} version {model_version} ({cfg.metric}={metric_value:.4f} on {len(dataset)} images) as "
+                                  artifact_dir, metric_name, metric_value, champion_value, promote, reason)  # fmt: skip
+    print(f"registered {registry.model_name} version {model_version} ({metric_name}={metric_value:.4f} on {len(dataset)} images) as "
           f"@{CHALLENGER}" + (f" and @{CHAMPION}" if promote else "") + f": {reason}")  # fmt: skip
     print(f"model artifact: {artifact_dir}")
     print(f"serve it: MLFLOW_TRACKING_URI={registry.tracking_uri} mlflow models serve "
