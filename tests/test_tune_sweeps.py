@@ -108,7 +108,7 @@ def test_an_asha_sweep_stops_bad_trials_early_and_writes_the_best_config(tmp_pat
     assert _raylets() <= raylets_before  # the sweep's local Ray cluster is gone
 
 
-@pytest.mark.slow
+@pytest.mark.long  # about 4 minutes: CI runs the single-process ASHA test above
 def test_asha_stops_trials_that_train_with_ray_train_workers(tmp_path: Path, shared_data_dir: Path) -> None:
     raylets_before = _raylets()
     # The preset as shipped: one trial at a time, each a Ray Train run of two DDP workers (the two CPUs).
