@@ -79,8 +79,10 @@ def train_worker(train_loop_config: dict[str, Any]) -> None:
 
     from cvexp.engines.local import resolve_precision
     from cvexp.engines.resume import AtomicCheckpointIO
+    from cvexp.models.huggingface import register_unpickled_models
 
     config = ray.get(train_loop_config["payload"])
+    register_unpickled_models(config["module"])
 
     # Each worker computes with the CPUs it reserved: workers sharing a machine would otherwise each
     # start a thread per core and oversubscribe it.

@@ -146,3 +146,19 @@ def _unfreeze_batch_norm(module: torch.nn.Module) -> None:
             setattr(module, name, norm)
         else:
             _unfreeze_batch_norm(child)
+
+
+def register_unpickled_models(module: torch.nn.Module) -> None:
+    """Make Hugging Face models unpickled in a new process (a Ray Train worker) record their outputs again.
+
+    transformers 5 registers a model class's ``_can_record_outputs`` (the layers whose outputs become
+    ``hidden_states``, ``attentions``) in a per-process registry from ``PreTrainedModel.__init__``, which
+    unpickling does not run: in a worker the registry is empty, no capture hooks are installed, and a
+    model that needs its encoder's hidden states (SegFormer's decode head) gets ``None`` for them.
+    """
+    from transformers import PreTrainedModel
+    from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+
+    for submodule in module.modules():
+        if isinstance(submodule, PreTrainedModel) and not _CAN_RECORD_REGISTRY.get(submodule):
+            _CAN_RECORD_REGISTRY[submodule] = submodule._can_record_outputs
