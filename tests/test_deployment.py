@@ -26,7 +26,7 @@ from cvexp.tasks import DetectionTask
 from cvexp.training import run_training
 from tests.conftest import compose_train_config
 
-MODEL_NAME = "cvexp-detector"
+MODEL_NAME = "cvexp-detection"
 THRESHOLD = 0.15  # the fixture's short training scores its best detections about 0.2-0.25
 
 

@@ -92,6 +92,20 @@ def test_two_ray_workers_train_one_mlflow_run_with_local_metric_names(train_conf
     assert "Failed to send resource request" not in output.err + output.out
 
 
+@pytest.mark.parametrize(("task", "metric"), [("classification", "accuracy"), ("semantic_segmentation", "miou")])
+def test_two_ray_workers_train_the_other_tasks(train_config, tmp_path: Path, task: str, metric: str) -> None:
+    """The same Ray Train path trains every task: two DDP ranks, one MLflow run, the task's metric, its artifact."""
+    starts = RecordStarts(tmp_path / "starts.txt")
+    cfg = train_config([f"task={task}", "trainer=ray", "trainer.num_workers=2", "debug=smoke"])
+    summary = run_training(cfg, extra_callbacks=[starts])
+
+    assert starts.starts() == [(0, 2, 0), (1, 2, 0)]
+    assert metric in summary.val_metrics and metric in summary.test_metrics and summary.optimized_value is not None
+    assert (summary.artifact_dir / "model.safetensors").is_file()
+    client, run = _only_run(cfg)
+    assert run.info.status == "FINISHED" and {f"val/{metric}", f"test/{metric}"} <= set(run.data.metrics)
+
+
 def test_a_killed_ray_worker_resumes_from_the_last_checkpoint(train_config, tmp_path: Path) -> None:
     starts = RecordStarts(tmp_path / "starts.txt")
     kill = KillRankOnce(rank=1, step=4, marker=tmp_path / "killed")  # in epoch 1, after epoch 0's checkpoint (step 3)

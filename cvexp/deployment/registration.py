@@ -135,6 +135,8 @@ def run_registration(cfg: DictConfig) -> RegistrationSummary:
     output_dir = Path(cfg.paths.output_dir)
     device = cfg.get("device", "cpu")
     predictor = Predictor.load(cfg.ckpt_path, device=device)
+    if registry.get("model_name") is None:
+        registry.model_name = f"cvexp-{predictor.task.name}"  # a champion is only ever compared with models of its task
     artifact_dir = Path(cfg.ckpt_path) if Path(cfg.ckpt_path).is_dir() else predictor.save(output_dir / ARTIFACT_DIR)
 
     # Default: the metric the model's training kept its best checkpoint by (its task's, e.g. val/map, val/accuracy).
