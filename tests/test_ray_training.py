@@ -106,6 +106,7 @@ def test_two_ray_workers_train_the_other_tasks(train_config, tmp_path: Path, tas
     assert run.info.status == "FINISHED" and {f"val/{metric}", f"test/{metric}"} <= set(run.data.metrics)
 
 
+@pytest.mark.long  # a kill drill (about a minute): make test-long
 def test_a_killed_ray_worker_resumes_from_the_last_checkpoint(train_config, tmp_path: Path) -> None:
     starts = RecordStarts(tmp_path / "starts.txt")
     kill = KillRankOnce(rank=1, step=4, marker=tmp_path / "killed")  # in epoch 1, after epoch 0's checkpoint (step 3)
@@ -171,6 +172,7 @@ def _wait_until(condition, timeout_s: float, what: str) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.long  # a kill drill: make test-long
 def test_the_reaper_frees_the_workers_of_a_ray_train_run_whose_driver_was_killed(tmp_path: Path) -> None:
     """What a Tune trial stopped by ASHA leaves: its Ray Train run killed, the run's placement group still
     holding the workers' CPUs. Without the dashboard, Ray's own cleaner cannot see that the run died."""
