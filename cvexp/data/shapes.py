@@ -175,14 +175,7 @@ class SyntheticShapes:
                         "segmentation": [],
                     }
                 )
-        coco = {
-            "info": {"description": "cvexp synthetic shapes", "version": "1"},
-            "licenses": [],
-            "categories": [dict(c, supercategory="shape") for c in SHAPE_CATEGORIES],
-            "images": images,
-            "annotations": annotations,
-        }
-        (split_dir / ANNOTATION_FILE).write_text(json.dumps(coco))
+        _write_coco(split_dir, "cvexp synthetic shapes", images, annotations)
 
     def _draw_image(self, rng: np.random.Generator) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
         size = self.image_size
@@ -275,14 +268,7 @@ class SyntheticShapes:
             file_name = f"shapes_{image_id:05d}.png"
             Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(split_dir / file_name)
             images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
-        coco = {
-            "info": {"description": "cvexp synthetic shapes (instance polygons)", "version": "1"},
-            "licenses": [],
-            "categories": [dict(c, supercategory="shape") for c in SHAPE_CATEGORIES],
-            "images": images,
-            "annotations": annotations,
-        }
-        (split_dir / ANNOTATION_FILE).write_text(json.dumps(coco))
+        _write_coco(split_dir, "cvexp synthetic shapes (instance polygons)", images, annotations)
 
     def _polygons(self, rng: np.random.Generator, disjoint: bool) -> list[tuple[list[float], dict]]:
         """The shapes of one image, in drawing order: (flat polygon, category).
@@ -407,3 +393,15 @@ def _iou(a: list[float], b: list[float]) -> float:
 
 
 __all__ = ["ANNOTATION_FILE", "CLASSES_FILE", "LABEL_KINDS", "MASK_SUFFIX", "SHAPE_CATEGORIES", "SyntheticShapes"]
+
+
+def _write_coco(split_dir: Path, description: str, images: list[dict], annotations: list[dict]) -> None:
+    """The split's COCO json (``ANNOTATION_FILE``), with the shape categories."""
+    coco = {
+        "info": {"description": description, "version": "1"},
+        "licenses": [],
+        "categories": [dict(c, supercategory="shape") for c in SHAPE_CATEGORIES],
+        "images": images,
+        "annotations": annotations,
+    }
+    (split_dir / ANNOTATION_FILE).write_text(json.dumps(coco))
