@@ -91,7 +91,7 @@ def test_yolos_adapter_config_passes_no_pixel_mask() -> None:
 
 
 def test_unknown_adapter_name_lists_the_known_ones() -> None:
-    with pytest.raises(KeyError, match=r"adapter.name='nope' is not registered; known adapters: \['detr', 'image_classification', 'rt_detr', 'semantic_segmentation', 'sigmoid_detr'"):
+    with pytest.raises(KeyError, match=r"adapter.name='nope' is not registered; known adapters: \['detr', 'detr_segmentation', 'image_classification', 'mask_classification', 'rt_detr', 'semantic_segmentation', 'sigmoid_detr'"):
         create_adapter("nope", LABEL_MAP)
 
 
@@ -350,3 +350,71 @@ def test_padded_family_predictions_match_transformers_post_processing(padded_fam
                 assert len(detection.scores) == expected_count, option
                 assert set(detection.category_ids.tolist()) <= {3, 7, 11}  # the dataset's ids
                 _assert_same_detections(detection, expected)
+
+
+def _instance_target(size: tuple[int, int] = (40, 80), crowd: bool = False) -> DetectionTarget:
+    """Two instances of a 40 x 80 image: a 10 x 20 block ("dog") and a 20 x 40 one ("bird", optionally a crowd region)."""
+    masks = torch.zeros((2, *size), dtype=torch.bool)
+    masks[0, 0:10, 0:20] = True
+    masks[1, 20:40, 40:80] = True
+    instance = target([[0, 0, 20, 10], [40, 20, 40, 20]], [7, 11], size=size)
+    instance.iscrowd = torch.tensor([0, int(crowd)])
+    instance.masks = masks
+    return instance
+
+
+def test_mask_classification_targets_are_masks_at_the_input_size_without_crowds() -> None:
+    from cvexp.adapters import MaskClassificationAdapter
+
+    adapter = MaskClassificationAdapter(LABEL_MAP)
+    pixel_mask = torch.zeros((2, 24, 48), dtype=torch.long)
+    pixel_mask[0, :, :] = 1  # the first image fills the input; the second its top-left 12 x 24 (padded)
+    pixel_mask[1, :12, :24] = 1
+    labels = adapter.adapt_targets([_instance_target(), _instance_target(crowd=True)], pixel_mask)
+    assert [m.shape for m in labels["mask_labels"]] == [(2, 24, 48), (1, 24, 48)]  # the crowd region is not trained on
+    assert [c.tolist() for c in labels["class_labels"]] == [[1, 2], [1]]  # contiguous
+    assert labels["mask_labels"][0][0].sum() == 6 * 12 and labels["mask_labels"][0][1, 12:, 24:].all()  # scaled by 0.6
+    assert labels["mask_labels"][1][0, :3, :6].all() and labels["mask_labels"][1][0].sum() == 3 * 6  # scaled by 0.3, padding 0
+    inputs = adapter.model_inputs({"pixel_values": torch.zeros(2, 3, 24, 48), "pixel_mask": pixel_mask, "labels": labels})
+    assert set(inputs) == {"pixel_values", "pixel_mask", "mask_labels", "class_labels"}
+    with pytest.raises(ValueError, match="with_masks=true"):
+        adapter.adapt_targets([target([[0, 0, 1, 1]], [7], size=(40, 80))], pixel_mask[:1])
+
+
+def test_mask_classification_predictions_are_rle_masks_at_the_image_size_scored_by_class_and_mask() -> None:
+    from pycocotools import mask as coco_mask
+
+    from cvexp.adapters import MaskClassificationAdapter
+
+    adapter = MaskClassificationAdapter(LABEL_MAP, top_k=3)
+    class_logits = torch.tensor([[[0.0, 6.0, 0.0, 0.0], [0.0, 0.0, 0.0, 8.0]]])  # query 0: "dog"; query 1: no object
+    mask_logits = torch.full((1, 2, 10, 20), -5.0)
+    mask_logits[0, 0, :5, :5] = 5.0  # query 0: the top-left quarter of the height, a quarter of the width
+    outputs = SimpleNamespace(class_queries_logits=class_logits, masks_queries_logits=mask_logits)
+    (detections,) = adapter.format_predictions(outputs, [target([], [], size=(40, 80))])
+    assert len(detections.scores) == len(detections.masks) == 3 and detections.category_ids[0] == 7
+    best = coco_mask.decode({**detections.masks[0], "counts": detections.masks[0]["counts"].encode()})
+    assert best.shape == (40, 80) and best[:18, :18].all() and not best[22:, :].any() and not best[:, 22:].any()
+    x, y, w, h = detections.boxes[0].tolist()
+    assert (x, y) == (0, 0) and 18 <= w <= 22 and 18 <= h <= 22  # the box around the mask
+    dog = float(torch.softmax(class_logits[0, 0], -1)[1])
+    assert dog * 0.95 < float(detections.scores[0]) < dog  # class probability x the mask's mean probability (~0.99)
+    assert (detections.scores[:-1] >= detections.scores[1:]).all()
+
+
+def test_detr_segmentation_adds_masks_to_detr_labels_and_predictions() -> None:
+    from pycocotools import mask as coco_mask
+
+    from cvexp.adapters import DetrSegmentationAdapter
+
+    adapter = DetrSegmentationAdapter(LABEL_MAP)
+    labels = adapter.adapt_targets([_instance_target(crowd=True)], torch.ones((1, 20, 40), dtype=torch.long))
+    assert labels[0]["class_labels"].tolist() == [1] and labels[0]["masks"].shape == (1, 20, 40) and labels[0]["masks"].sum() == 5 * 10
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 6.0], [0.0, 6.0, 0.0, 0.0]]])  # query 1 is the confident one
+    pred_masks = torch.full((1, 2, 10, 20), -5.0)
+    pred_masks[0, 1, 5:, 10:] = 5.0
+    outputs = SimpleNamespace(logits=logits, pred_boxes=torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.75, 0.75, 0.5, 0.5]]]), pred_masks=pred_masks)
+    (detections,) = adapter.format_predictions(outputs, [target([], [], size=(40, 80))])
+    assert detections.category_ids.tolist()[0] == 7 and detections.boxes[0].tolist() == pytest.approx([40.0, 20.0, 40.0, 20.0])
+    best = coco_mask.decode({**detections.masks[0], "counts": detections.masks[0]["counts"].encode()})
+    assert best[22:, 42:].all() and not best[:18].any()  # the confident query's mask, at the image's size

@@ -33,7 +33,7 @@ from tests.test_training import _artifact_paths
 SHAPE_IDS = {1: "circle", 2: "square", 3: "triangle"}
 
 
-def _pycocotools_eval(annotation_file: Path, results_file: Path) -> COCOeval:
+def _pycocotools_eval(annotation_file: Path, results_file: Path, iou_type: str = "bbox") -> COCOeval:
     """pycocotools run directly on the split's own annotation file and a results json.
 
     Annotation ids are shifted by one: pycocotools reads a matched ground-truth id of 0 as
@@ -46,20 +46,21 @@ def _pycocotools_eval(annotation_file: Path, results_file: Path) -> COCOeval:
         coco_gt = PyCOCO()
         coco_gt.dataset = dataset
         coco_gt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_gt.loadRes(str(results_file)), "bbox")
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(str(results_file)), iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     return evaluator
 
 
-def _assert_same_numbers(metrics: dict[str, float], evaluator: COCOeval, categories: list[Category]) -> None:
+def _assert_same_numbers(metrics: dict[str, float], evaluator: COCOeval, categories: list[Category], prefix: str = "") -> None:
+    """cvexp's ``metrics`` (``prefix`` ``mask_`` for segm) are ``evaluator``'s twelve numbers and per-class AP."""
     for name, expected in zip(COCO_STAT_NAMES, evaluator.stats, strict=True):
-        assert metrics[name] == pytest.approx(expected, abs=1e-6), name
+        assert metrics[f"{prefix}{name}"] == pytest.approx(expected, abs=1e-6), f"{prefix}{name}"
     for category in categories:
         precision = evaluator.eval["precision"][:, :, evaluator.params.catIds.index(category.id), 0, -1]
         valid = precision[precision > -1]
-        assert metrics[f"ap/{category.name}"] == pytest.approx(valid.mean() if valid.size else -1.0, abs=1e-6), category.name
+        assert metrics[f"{prefix}ap/{category.name}"] == pytest.approx(valid.mean() if valid.size else -1.0, abs=1e-6), category.name
 
 
 def _assert_png(path: Path, min_side: int = 300) -> None:

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cvexp.data import Category, LabelMap
-from cvexp.evaluation.evaluator import dataset_image_loader, evaluation_split, write_report
+from cvexp.evaluation.evaluator import dataset_image_loader, evaluation_split
 from cvexp.inference.predictor import Predictor
 from cvexp.paths import CONFIG_DIR
 from cvexp.training import run_training
@@ -30,7 +30,9 @@ MODEL_DIR = CONFIG_DIR / "model"
 TASK_OF = model_tasks()
 MODELS = sorted(TASK_OF)
 DETECTORS = [model for model in MODELS if TASK_OF[model] == "detection"]
-OTHER_TASKS = [model for model in MODELS if TASK_OF[model] != "detection"]
+# The tasks whose results file is a COCO results json (boxes; boxes and RLE masks).
+COCO_RESULTS = [model for model in MODELS if TASK_OF[model] in ("detection", "instance_segmentation")]
+OTHER_TASKS = [model for model in MODELS if model not in COCO_RESULTS]
 MODELS_GUIDE = CONFIG_DIR.parent / "docs" / "models.md"
 TINY_PARAMETERS = 3_000_000  # CPU-sized: the default of every model option trains on a laptop
 SHAPES = LabelMap([Category(1, "circle"), Category(2, "square"), Category(3, "triangle")])
@@ -42,7 +44,8 @@ FEW_STEPS = ["debug=smoke", "trainer.max_epochs=1", "logger=none", "report=none"
 def test_the_zoo_is_found() -> None:
     assert {"detr", "detr_r101", "yolos", "yolos_small", "conditional_detr", "deformable_detr", "dab_detr"} <= set(DETECTORS)
     assert {"resnet", "vit"} <= {m for m in MODELS if TASK_OF[m] == "classification"}
-    assert {"segformer"} <= {m for m in MODELS if TASK_OF[m] == "semantic_segmentation"}
+    assert {"segformer", "upernet"} <= {m for m in MODELS if TASK_OF[m] == "semantic_segmentation"}
+    assert {"mask2former", "detr_segmentation"} <= {m for m in MODELS if TASK_OF[m] == "instance_segmentation"}
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -96,10 +99,10 @@ def test_every_model_option_has_a_row_in_the_models_table() -> None:
     assert not missing, f"docs/models.md's table lacks these options or their hub_name: {missing}"
 
 
-@pytest.mark.parametrize("model", DETECTORS)
+@pytest.mark.parametrize("model", COCO_RESULTS)
 def test_model_trains_and_its_results_json_round_trips_through_pycocotools(train_config, shared_data_dir: Path, tmp_path: Path,
                                                                            model: str) -> None:  # fmt: skip
-    summary = run_training(train_config([f"model={model}", *FEW_STEPS]))
+    summary = run_training(train_config([f"task={TASK_OF[model]}", f"model={model}", *FEW_STEPS]))
     assert math.isfinite(summary.val_metrics["loss"]) and Path(summary.best_model_path).is_file()
 
     # Evaluate the checkpoint on the whole validation split as `cvexp.evaluate split=val` does:
@@ -108,7 +111,7 @@ def test_model_trains_and_its_results_json_round_trips_through_pycocotools(train
     categories = predictor.label_map.categories
     dataset = evaluation_split(predictor.config["data"], "val", categories)
     predictions = predictor.predict_dataset(dataset, batch_size=50, description=f"evaluating {model}")
-    report = write_report(predictions, categories, tmp_path / "evaluation", dataset_image_loader(dataset), num_samples=0)
+    report = predictor.task.write_report(predictions, categories, tmp_path / "evaluation", dataset_image_loader(dataset), {"num_samples": 0})
 
     # pycocotools loads the file against the split's own annotation file ...
     evaluator = _pycocotools_eval(dataset.annotation_path, report.files["results"])
@@ -131,8 +134,12 @@ def test_model_trains_and_its_results_json_round_trips_through_pycocotools(train
         scores = torch.tensor([row["score"] for row in rows], dtype=torch.float64)
         assert torch.allclose(boxes, detection.boxes.double(), atol=5e-4 + 1e-9, rtol=0)  # written with 3 decimals
         assert torch.allclose(scores, detection.scores.double(), atol=5e-6 + 1e-12, rtol=0)  # and 5
-    # COCOeval on what it loaded gives cvexp's metrics: mAP, the other eleven numbers, per-class AP.
+        if detection.masks is not None:  # instance segmentation: each detection's RLE, as the adapter encoded it
+            assert [row["segmentation"] for row in rows] == detection.masks
+    # COCOeval on what it loaded gives cvexp's metrics: mAP, the other eleven numbers, per-class AP; for masks too.
     _assert_same_numbers(report.metrics, evaluator, categories)
+    if TASK_OF[model] == "instance_segmentation":
+        _assert_same_numbers(report.metrics, _pycocotools_eval(dataset.annotation_path, report.files["results"], "segm"), categories, "mask_")
 
 
 def _guide_yaml(name: str) -> str:
@@ -204,7 +211,8 @@ def test_model_of_another_task_trains_and_its_results_file_reads_back(train_conf
 
 # Hungarian-matched set losses sit on a plateau while every query predicts the mean box, then fall once
 # the queries split (measured on two shapes images at lr 1e-3: about 150 steps for the tiny DETR, loss
-# 22.4 -> 15.4 at step 100 and 9.8 at step 300). The detectors get 300 steps; the rest must halve in 100.
+# 22.4 -> 15.4 at step 100 and 9.8 at step 300). The detectors and instance segmenters (set predictors too) get
+# 300 steps; the rest must halve in 100.
 SET_PREDICTION_STEPS = 300
 FIXED_BATCH_STEPS = 100
 
@@ -221,7 +229,7 @@ def test_model_learns_one_fixed_batch(train_config, model: str) -> None:
     optimizer = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=1e-3)
     module.model.train()
     losses = []
-    for _ in range(SET_PREDICTION_STEPS if model in DETECTORS else FIXED_BATCH_STEPS):
+    for _ in range(SET_PREDICTION_STEPS if model in COCO_RESULTS else FIXED_BATCH_STEPS):
         loss = module.adapter.adapt_output(module(batch)).loss
         optimizer.zero_grad()
         loss.backward()

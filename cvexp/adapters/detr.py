@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from cvexp.adapters.base import AdaptedOutput, Detections, OutputAdapter
+from cvexp.adapters.predictions import masks_at_input, masks_to_rles
 from cvexp.data.labels import LabelMap
 from cvexp.data.targets import DetectionTarget
 
@@ -33,8 +34,7 @@ class DetrAdapter(OutputAdapter):
         labels = []
         for target in targets:
             height, width = target.size
-            # DETR-style losses ignore crowd regions and cannot match boxes without area.
-            keep = (target.iscrowd == 0) & (target.boxes[:, 2] > 0) & (target.boxes[:, 3] > 0)
+            keep = trained_instances(target)
             x, y, w, h = target.boxes[keep].unbind(-1)
             boxes = torch.stack([(x + w / 2) / width, (y + h / 2) / height, w / width, h / height], dim=-1)
             labels.append({"class_labels": self.label_map.to_contiguous(target.category_ids[keep]), "boxes": boxes.float()})
@@ -69,12 +69,16 @@ class DetrAdapter(OutputAdapter):
         scores, labels = probabilities.max(-1)
         return torch.arange(len(scores), device=scores.device), labels, scores
 
+    def ranked_detections(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`class_scores` of one image, best first."""
+        queries, labels, scores = self.class_scores(logits)
+        order = scores.argsort(descending=True, stable=True)
+        return queries[order], labels[order], scores[order]
+
     def format_predictions(self, outputs: Any, targets: list[DetectionTarget]) -> list[Detections]:
         detections = []
         for logits, pred_boxes, target in zip(outputs.logits.float(), outputs.pred_boxes.float(), targets, strict=True):
-            queries, labels, scores = self.class_scores(logits)
-            order = scores.argsort(descending=True)
-            queries, labels, scores = queries[order], labels[order], scores[order]
+            queries, labels, scores = self.ranked_detections(logits)
             boxes = _cxcywh_to_abs_xywh(pred_boxes[queries], target.size)
             detections.append(
                 Detections(
@@ -85,6 +89,43 @@ class DetrAdapter(OutputAdapter):
                 )
             )
         return detections
+
+
+class DetrSegmentationAdapter(DetrAdapter):
+    """DETR with its mask head (``DetrForSegmentation``): the softmax detections of :class:`DetrAdapter`, each with
+    the mask of its query (instance segmentation).
+
+    Training adds each kept instance's mask at the input's size to the labels (the model's loss upsamples its
+    stride-4 masks to it: focal and dice loss). Predictions: each query's mask logits upsampled to the image's
+    original size and thresholded at 0 (probability 0.5), as the COCO RLE of the detection; the score stays the
+    class probability. The input must cover the whole image (``processor_size``: a fixed square), as the
+    predicted masks cover the whole input.
+    """
+
+    task = "instance_segmentation"
+
+    def adapt_targets(self, targets: list[DetectionTarget], pixel_mask: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+        from cvexp.adapters.mask_classification import instance_masks
+
+        if pixel_mask is None:
+            raise ValueError("DetrSegmentationAdapter.adapt_targets needs the batch's pixel_mask (the input size).")
+        labels = super().adapt_targets(targets, pixel_mask)
+        for label, target, image_mask in zip(labels, targets, pixel_mask, strict=True):
+            label["masks"] = masks_at_input(instance_masks(target)[trained_instances(target)], image_mask)
+        return labels
+
+    def format_predictions(self, outputs: Any, targets: list[DetectionTarget]) -> list[Detections]:
+        detections = super().format_predictions(outputs, targets)
+        for detection, logits, pred_masks, target in zip(detections, outputs.logits.float(), outputs.pred_masks, targets, strict=True):
+            queries, _, _ = self.ranked_detections(logits)
+            detection.masks, _, _ = masks_to_rles(pred_masks[queries], target.size)  # the boxes stay the box head's
+        return detections
+
+
+def trained_instances(target: DetectionTarget) -> torch.Tensor:
+    """Which instances a DETR-style loss trains on: crowd regions are left out (it cannot ignore them; COCO evaluation
+    does) and so are boxes without area (it cannot match them)."""
+    return (target.iscrowd == 0) & (target.boxes[:, 2] > 0) & (target.boxes[:, 3] > 0)
 
 
 class SigmoidDetrAdapter(DetrAdapter):

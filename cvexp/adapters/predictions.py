@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from pycocotools import mask as coco_mask
 
 
 @dataclass
@@ -35,6 +38,31 @@ class Detections:
         for row, mask in zip(rows, self.masks or (), strict=False):
             row["segmentation"] = mask
         return rows
+
+
+def masks_to_rles(logits: torch.Tensor, size: tuple[int, int]) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]:
+    """Instance masks from mask logits ``(N, h, w)`` over the whole image: upsampled to ``size`` (bilinear, as the
+    Hugging Face post-processors do) and thresholded at 0 (probability 0.5).
+
+    Returns the COCO RLEs (``counts`` as text, JSON-ready), the ``xywh`` box around each mask (zeros for an
+    empty one) and each mask's mean probability inside it (0 for an empty one).
+    """
+    upsampled = F.interpolate(logits.float()[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+    binary = upsampled > 0
+    quality = (upsampled.sigmoid() * binary).flatten(1).sum(1) / binary.flatten(1).sum(1).clamp(min=1)
+    rles = coco_mask.encode(np.asfortranarray(binary.permute(1, 2, 0).cpu().numpy().astype(np.uint8)))
+    boxes = torch.from_numpy(coco_mask.toBbox(rles).astype(np.float32)).reshape(-1, 4)
+    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles], boxes, quality.cpu()
+
+
+def masks_at_input(masks: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+    """Instance masks ``(N, H, W)`` of an image resized (nearest) to where the image lies in the model input
+    (``pixel_mask``, ``(H', W')``), zero over the padding: ``(N, H', W')`` float."""
+    rows, columns = int(pixel_mask.any(1).sum()), int(pixel_mask.any(0).sum())
+    placed = torch.zeros((len(masks), *pixel_mask.shape), dtype=torch.float32)
+    if len(masks):
+        placed[:, :rows, :columns] = F.interpolate(masks[:, None].float(), size=(rows, columns), mode="nearest-exact")[:, 0]
+    return placed
 
 
 @dataclass

@@ -98,13 +98,14 @@ def draw_boxes(
     score_threshold: float,
     target: DetectionTarget | None = None,
 ) -> None:
-    """Shows ``image`` on ``axis`` with ground truth (dashed green) and detections scoring at least ``score_threshold``."""
+    """Shows ``image`` on ``axis`` with ground truth (dashed green) and detections scoring at least ``score_threshold``
+    (instance masks, when the detections have them, tint their pixels in the class's colour)."""
     from matplotlib.patches import Rectangle
 
     plt = pyplot()
     colors = plt.get_cmap("tab10")
     ids = sorted(names)
-    axis.imshow(image)
+    axis.imshow(overlay_mask(image, instance_class_map(detections, score_threshold, image.shape[:2]), ids) if detections and detections.masks else image)
     axis.set_axis_off()
     if target is not None:
         for x, y, w, h in target.boxes.tolist():
@@ -180,6 +181,19 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, category_ids: Sequence[int
         where = mask == category_id
         tinted[where] = (1 - alpha) * tinted[where] + alpha * colors[index]
     return tinted.astype(np.uint8)
+
+
+def instance_class_map(detections: Detections, score_threshold: float, shape: tuple[int, int]) -> np.ndarray:
+    """The category id of each pixel under a mask of a detection scoring at least ``score_threshold`` (-1 elsewhere);
+    where masks overlap, the better detection's class."""
+    from pycocotools import mask as coco_mask
+
+    classes = np.full(shape, -1, dtype=np.int64)
+    kept = (detections.scores >= score_threshold).nonzero().flatten()
+    for index in kept[detections.scores[kept].argsort()].tolist():  # the best painted last, on top
+        rle = detections.masks[index]
+        classes[coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}) > 0] = int(detections.category_ids[index])
+    return classes
 
 
 def plot_class_bars(values: Mapping[str, float], path: Path, title: str, xlabel: str) -> Path:

@@ -55,15 +55,6 @@ class InstanceSegmentationTask(DetectionTask):
             record.update({"rle_counts": rle["counts"], "height": rle["size"][0], "width": rle["size"][1]})
         return records
 
-    def render(self, image: np.ndarray, prediction: Detections, category_names: Mapping[int, str], score_threshold: float, path: Path) -> Path:
-        from cvexp.evaluation.plots import overlay_mask, render_detections
-
-        keep = (prediction.scores >= score_threshold).nonzero().flatten().tolist()
-        label = np.zeros(image.shape[:2], dtype=np.int64)  # 0: no instance; instance i -> i + 1
-        for rank, index in enumerate(keep, start=1):
-            label[coco_mask.decode(prediction.masks[index]).astype(bool)] = rank
-        return render_detections(overlay_mask(image, label, list(range(1, len(keep) + 1))), prediction, category_names, score_threshold, path)
-
     def prediction_features(self, prediction: Detections, image_shape: tuple[int, int], category_names: Mapping[int, str],
                             score_threshold: float) -> PredictionFeatures:  # fmt: skip
         """The detection features (instances per image, scores, box areas, classes) and ``mask_area`` (fraction of the
