@@ -48,7 +48,7 @@ TASK_DEFAULTS = {
     # full: 60 epochs, val mIoU 0.88 in about 5 min. Short: 24 epochs on 600 images measured 0.343, in
     # the plateau before the shapes separate, where an all-background model scores about 0.21.
     "semantic_segmentation": ("miou", 0.80, ["trainer.max_epochs=24", "data.prepare.num_train=600"], 0.30),
-    # full: 30 epochs, val mask mAP50 0.73 in about 7.5 min. Short: 6 epochs measured 0.478 (about 100 s); an
+    # full: 30 epochs, val mask mAP50 0.73 in about 7 min. Short: 6 epochs measured 0.478 (about 100 s); an
     # untrained model scores 0.
     "instance_segmentation": ("mask_map_50", 0.60, ["trainer.max_epochs=6"], 0.25),
 }
