@@ -124,3 +124,17 @@ def test_an_image_seen_twice_is_counted_once() -> None:
     repeated = CocoDetectionMetric(dataset.label_map.categories)
     repeated.update(detections + detections[:3], targets + targets[:3])
     assert repeated.compute() == pytest.approx(expected, abs=1e-12)  # in one update call too
+
+
+def test_box_results_for_an_image_outside_the_ground_truth_are_refused() -> None:
+    import numpy as np
+
+    from cvexp.data.labels import Category
+    from cvexp.evaluation.coco_metric import evaluate_coco
+
+    ground_truth = {"images": [{"id": 1, "height": 10, "width": 10}], "categories": [{"id": 1, "name": "a"}],
+                    "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 5, 5], "category_id": 1, "iscrowd": 0, "area": 25.0}]}  # fmt: skip
+    rows = np.array([[1, 0, 0, 5, 5, 0.9, 1], [7, 0, 0, 5, 5, 0.8, 1]], dtype=np.float64)
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        evaluate_coco(ground_truth, rows, [Category(1, "a")])
+    assert evaluate_coco(ground_truth, rows[:1], [Category(1, "a")])["map"] == pytest.approx(1.0)

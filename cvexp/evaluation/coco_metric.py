@@ -227,7 +227,7 @@ def run_coco_evaluation(
         return CocoEvaluation(metrics, None, [c.id for c in categories], defaults.iouThrs, defaults.recThrs)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(ground_truth)
-        coco_dt = coco_gt.loadRes(results)
+        coco_dt = _box_results(ground_truth, results) if isinstance(results, np.ndarray) else coco_gt.loadRes(results)
         evaluator = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type, print_function=lambda *_: None)
         evaluator.evaluate()
         evaluator.accumulate()
@@ -243,6 +243,27 @@ def run_coco_evaluation(
     return CocoEvaluation(
         metrics, precision, category_order, np.asarray(evaluator.params.iouThrs), np.asarray(evaluator.params.recThrs)
     )
+
+
+def _box_results(ground_truth: dict[str, Any], rows: np.ndarray) -> COCO:
+    """The results object ``loadRes`` makes of ``(N, 7)`` box rows, built in one pass over plain floats.
+
+    ``loadRes`` indexes the array one numpy scalar at a time and then walks the annotations again to
+    add their ids and areas (about 4 s of a 6 s evaluation of 500 000 detections); the annotations
+    here hold the same values: ids 1..N in row order, ``area`` = w x h, ``iscrowd`` 0. The box
+    polygon ``loadRes`` also adds as ``segmentation`` is left out: box evaluation never reads it.
+    """
+    missing = set(np.unique(rows[:, 0]).astype(np.int64).tolist()) - {image["id"] for image in ground_truth["images"]}
+    if missing:
+        raise ValueError(f"results for {len(missing)} images that are not in the ground truth (first: {min(missing)})")
+    # Column by column: one list per field, no per-row lists or numpy scalars.
+    columns = (rows[:, 0].astype(np.int64).tolist(), rows[:, 1:5].tolist(), rows[:, 5].tolist(), rows[:, 6].astype(np.int64).tolist(),
+               (rows[:, 3] * rows[:, 4]).tolist())  # fmt: skip
+    annotations = [
+        {"image_id": image_id, "bbox": box, "score": score, "category_id": category_id, "area": area, "id": index, "iscrowd": 0}
+        for index, (image_id, box, score, category_id, area) in enumerate(zip(*columns, strict=True), start=1)
+    ]  # fmt: skip
+    return COCO({"images": list(ground_truth["images"]), "categories": [dict(c) for c in ground_truth["categories"]], "annotations": annotations})
 
 
 def evaluate_coco(
