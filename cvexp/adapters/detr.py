@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from cvexp.adapters.base import AdaptedOutput, Detections, OutputAdapter
+from cvexp.adapters.mask_classification import instance_masks
 from cvexp.adapters.predictions import masks_at_input, masks_to_rles
 from cvexp.data.labels import LabelMap
 from cvexp.data.targets import DetectionTarget
@@ -105,8 +106,6 @@ class DetrSegmentationAdapter(DetrAdapter):
     task = "instance_segmentation"
 
     def adapt_targets(self, targets: list[DetectionTarget], pixel_mask: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
-        from cvexp.adapters.mask_classification import instance_masks
-
         if pixel_mask is None:
             raise ValueError("DetrSegmentationAdapter.adapt_targets needs the batch's pixel_mask (the input size).")
         labels = super().adapt_targets(targets, pixel_mask)

@@ -191,8 +191,7 @@ def instance_class_map(detections: Detections, score_threshold: float, shape: tu
     classes = np.full(shape, -1, dtype=np.int64)
     kept = (detections.scores >= score_threshold).nonzero().flatten()
     for index in kept[detections.scores[kept].argsort()].tolist():  # the best painted last, on top
-        rle = detections.masks[index]
-        classes[coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}) > 0] = int(detections.category_ids[index])
+        classes[coco_mask.decode(detections.masks[index]) > 0] = int(detections.category_ids[index])  # str counts read as bytes
     return classes
 
 
