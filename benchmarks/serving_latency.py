@@ -5,7 +5,10 @@ Wraps a model artifact (default: the newest ``outputs/runs/train/*/model``) in t
 127.0.0.1 with ``--env-manager local``, and times requests of 1 and of 8 base64 images of the
 shapes test split: over HTTP (JSON encoding, the scoring server, the model) and in-process
 (``PyFuncModel.predict`` on the same DataFrame). A bounded number of requests after a few warm-up
-ones. Writes its table into docs/benchmarks.md (section ``serving-latency``).
+ones. The in-process side runs in a fresh process that only loads the pyfunc model and predicts, as
+a user's script would (this process has run torch on its own thread, which would slow the model
+thread down: cvexp/deployment/batching.py). Writes its table into docs/benchmarks.md (section
+``serving-latency``).
 
     python benchmarks/serving_latency.py [--model PATH] [--requests 40] [--no-write]
 """
@@ -13,6 +16,7 @@ ones. Writes its table into docs/benchmarks.md (section ``serving-latency``).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -56,6 +60,15 @@ def timed(call, count: int) -> list[float]:
     return durations
 
 
+def in_process_durations(model_dir: str, encoded: list[str], batches: tuple[int, ...], count: int) -> dict[int, list[float]]:
+    """Request durations of ``PyFuncModel.predict`` per batch size; meant to run in a fresh process."""
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(model_dir)
+    frames = {batch: pd.DataFrame({IMAGE_COLUMN: encoded[:batch]}) for batch in batches}
+    return {batch: timed(lambda f=frame: model.predict(f), count) for batch, frame in frames.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="a model artifact, <run dir>/model (default: the newest)")
@@ -76,11 +89,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "pyfunc"
         mlflow.pyfunc.save_model(str(model_dir), **pyfunc_model_arguments(predictor, artifact, paths[0], 0.5))
-        in_process = mlflow.pyfunc.load_model(str(model_dir))
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            in_process = pool.apply(in_process_durations, (str(model_dir), encoded, (1, 8), args.requests))
         with mlflow_model_server(str(model_dir)) as server, requests.Session() as session:
             url = server.url
             for batch in (1, 8):
-                frame = pd.DataFrame({IMAGE_COLUMN: encoded[:batch]})
                 payload = {"dataframe_split": {"columns": [IMAGE_COLUMN], "data": [[e] for e in encoded[:batch]]}}
 
                 def over_http(payload: dict = payload) -> None:
@@ -88,7 +101,7 @@ def main() -> None:
                     response.raise_for_status()
 
                 rows.append(("HTTP (mlflow models serve)", batch, *percentiles(timed(over_http, args.requests), batch)))
-                rows.append(("in-process (PyFuncModel.predict)", batch, *percentiles(timed(lambda f=frame: in_process.predict(f), args.requests), batch)))
+                rows.append(("in-process (PyFuncModel.predict)", batch, *percentiles(in_process[batch], batch)))
 
     lines = [f"Model: `{artifact.relative_to(REPO) if artifact.is_relative_to(REPO) else artifact}` ({predictor.metadata.model_class.split('.')[-1]}, "
              f"{predictor.image_size}-pixel images), {args.requests} timed requests per row after {WARMUP} warm-up ones; "

@@ -83,6 +83,11 @@ class LoadResult:
     rss_after_200: int = 0
     rss_at_end: int = 0
     alive_after: bool = False
+    wall_s: float = 0.0  # from the first request sent to the last answer
+
+    @property
+    def requests_per_s(self) -> float:
+        return sum(self.statuses.values()) / self.wall_s if self.wall_s else 0.0
 
 
 def process_tree_rss(pid: int) -> int:
@@ -149,8 +154,10 @@ def run_load(url: str, server_pid: int, images: list[str], expected: list[list[d
             if done == 200:
                 result.rss_after_200 = process_tree_rss(server_pid)
 
+    started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(send, range(requests_total)))
+    result.wall_s = time.perf_counter() - started
     result.rss_at_end = process_tree_rss(server_pid)
     result.alive_after = requests.get(f"{url}/ping", timeout=10).status_code == 200
     return result
@@ -188,6 +195,7 @@ def table(result: LoadResult, requests_total: int, concurrency: int) -> str:
     lines += [f"| good answers equal to in-process prediction | {len(result.good_latencies_ms) - len(result.mismatches)} of {len(result.good_latencies_ms)} |",
               f"| error answers echoing the payload | {len(result.echoes)} |",
               f"| good requests: p50 / p99 latency | {np.percentile(latencies, 50):.1f} / {np.percentile(latencies, 99):.1f} ms |",
+              f"| throughput, all requests | {result.requests_per_s:.1f} requests/s |",
               f"| server RSS after request 200 / after the last | {result.rss_after_200 / 2**20:.0f} / {result.rss_at_end / 2**20:.0f} MiB "
               f"({result.rss_at_end / max(result.rss_after_200, 1):.3f}x) |",
               f"| server answers /ping afterwards | {'yes' if result.alive_after else 'no'} |", "",

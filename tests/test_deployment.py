@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,19 @@ def test_served_model_answers_like_in_process_prediction(trained, registered, tm
         again = requests.post(f"{url}/invocations", json={"dataframe_split": payload["dataframe_split"]}, timeout=60)
         assert again.status_code == 200
         assert all(record["score"] >= 0.5 for image in again.json()["predictions"] for record in image)
+        # Concurrent one-image requests share the server's forward passes (cvexp.deployment.batching):
+        # each still gets its own image's answer.
+        def one_image(index: int) -> list[dict]:
+            body = {"dataframe_split": {"columns": ["image"], "data": [payload["dataframe_split"]["data"][index % len(paths)]]},
+                    "params": {"score_threshold": THRESHOLD}}  # fmt: skip
+            answer = requests.post(f"{url}/invocations", json=body, timeout=60)
+            assert answer.status_code == 200, answer.text
+            return answer.json()["predictions"][0]
+
+        with ThreadPoolExecutor(8) as pool:
+            concurrent = list(pool.map(one_image, range(4 * len(paths))))
+    for index, actual in enumerate(concurrent):
+        _assert_same_detections(actual, expected[index % len(paths)])
     assert len(served) == len(paths)
     for actual, wanted in zip(served, expected, strict=True):
         _assert_same_detections(actual, wanted)

@@ -42,6 +42,8 @@ DEFAULT_SCORE_THRESHOLD = 0.5
 # Serving limits (conf/register.yaml, serving.*): an image's pixels, and a request's bytes.
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+# The most images in one forward pass of the server's model thread (cvexp.deployment.batching).
+DEFAULT_MAX_BATCH_SIZE = 8
 
 
 def _bad_request(message: str) -> MlflowException:
@@ -159,20 +161,33 @@ class CvexpModel(mlflow.pyfunc.PythonModel):
     Args:
         score_threshold: predictions scoring below it are dropped (detections, instances, classes),
             unless a request's ``params={"score_threshold": ...}`` says otherwise.
+        max_image_pixels: an image whose header claims more pixels is refused (400) before it is decoded.
+        max_request_bytes: a request body above it is refused (413).
+        max_batch_size: the most images, from one request or several concurrent ones, in one forward
+            pass (:class:`~cvexp.deployment.batching.RequestBatcher`).
     """
 
     def __init__(self, score_threshold: float = DEFAULT_SCORE_THRESHOLD, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                 max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES) -> None:  # fmt: skip
+                 max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:  # fmt: skip
         self.score_threshold = score_threshold
         self.max_image_pixels = max_image_pixels
         self.max_request_bytes = max_request_bytes
+        self.max_batch_size = max_batch_size
         self.predictor: Any = None
+        self.batcher: Any = None
 
     def load_context(self, context: Any) -> None:
-        """Loads the model artifact (the MLflow model's ``model`` artifact directory) on the CPU, and guards the server."""
+        """Loads the model artifact (the MLflow model's ``model`` artifact directory) on the CPU, on the thread that
+        will run it (:class:`~cvexp.deployment.batching.RequestBatcher`), and guards the server."""
+        from cvexp.deployment.batching import RequestBatcher
         from cvexp.inference.predictor import Predictor
 
-        self.predictor = Predictor.load(context.artifacts[MODEL_ARTIFACT], device="cpu")
+        def load() -> Any:  # on the model thread, where every forward pass runs too
+            self.predictor = Predictor.load(context.artifacts[MODEL_ARTIFACT], device="cpu")
+            return lambda images: self.predictor.predict_images(images, batch_size=len(images))
+
+        # Models logged before request batching have no max_batch_size: they get the default.
+        self.batcher = RequestBatcher(load, getattr(self, "max_batch_size", DEFAULT_MAX_BATCH_SIZE))
         guard_scoring_server(getattr(self, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[list[dict[str, Any]]]:
@@ -183,11 +198,12 @@ class CvexpModel(mlflow.pyfunc.PythonModel):
         images = decode_images(model_input, getattr(self, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
         names = {category.id: category.name for category in self.predictor.label_map.categories}
         task, request = self.predictor.task, {"score_threshold": float(threshold)}
-        return [task.response(prediction, names, request) for prediction in self.predictor.predict_images(images)]
+        return [task.response(prediction, names, request) for prediction in self.batcher.predict(images)]
 
 
 def pyfunc_model_arguments(predictor: Any, artifact_dir: Path, example_image: Path, score_threshold: float,
-                           max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES) -> dict[str, Any]:  # fmt: skip
+                           max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES,
+                           max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> dict[str, Any]:  # fmt: skip
     """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for ``predictor``, whose model artifact is ``artifact_dir``.
 
     The signature (input column, output records, the ``score_threshold`` param) is inferred from a
@@ -200,7 +216,7 @@ def pyfunc_model_arguments(predictor: Any, artifact_dir: Path, example_image: Pa
     # Threshold 0 for the example output only: it shows the record fields even for a weak model.
     example_output = [predictor.task.response(p, names, {"score_threshold": 0.0}) for p in predictor.predict_images(decode_images(example))]
     return {
-        "python_model": CvexpModel(score_threshold, max_image_pixels, max_request_bytes),
+        "python_model": CvexpModel(score_threshold, max_image_pixels, max_request_bytes, max_batch_size),
         "artifacts": {MODEL_ARTIFACT: str(artifact_dir)},
         "signature": infer_signature(example, example_output, params={"score_threshold": score_threshold}),
         "input_example": example,
