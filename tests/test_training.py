@@ -102,11 +102,12 @@ def test_precision_auto_is_fp32_on_cpu_and_explicit_values_pass_through() -> Non
 
 
 def test_the_same_seed_trains_the_same_weights(train_config, tmp_path: Path) -> None:
-    # Augmentation included: albumentations keeps a generator of its own that the seed must reach.
+    # Augmentation included: albumentations keeps a generator of its own that the seed must reach. A fixed
+    # thread count too: the default follows the machine's load, and threads change the floating-point order.
     weights = []
     for attempt in range(2):
         cfg = train_config(["debug=smoke", "augmentation=strong", "trainer.max_epochs=1", "logger=none", "test_after_fit=false",
-                            f"paths.output_dir={tmp_path}/attempt{attempt}"])  # fmt: skip
+                            "num_threads=1", f"paths.output_dir={tmp_path}/attempt{attempt}"])  # fmt: skip
         summary = run_training(cfg)
         weights.append(torch.load(Path(summary.best_model_path).parent / "last.ckpt", weights_only=True)["state_dict"])
     assert weights[0].keys() == weights[1].keys()
