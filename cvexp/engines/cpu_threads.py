@@ -58,8 +58,8 @@ class _CpuClock:
 class AdaptiveCpuThreads(L.Callback):
     """Sets torch's intra-op threads, while a CPU run trains and validates, to the cores other processes leave free.
 
-    Does nothing when ``num_threads`` is fixed (the run's ``num_threads=N``) or when the model is not on
-    the CPU. The run's initial thread count is the most it uses; it is restored when the fit ends.
+    Acts in fits on the CPU whose ``num_threads`` is not fixed (the run's ``num_threads=N``). The run's
+    initial thread count is the most it uses; it is restored when the fit ends.
 
     Args:
         num_threads: the run's fixed thread count; ``None`` adapts.
@@ -68,7 +68,7 @@ class AdaptiveCpuThreads(L.Callback):
         first_look_s: seconds measured before the first step.
     """
 
-    def __init__(self, num_threads: int | None = None, interval_s: float = 2.0, slack: float = 0.25, first_look_s: float = 0.5) -> None:
+    def __init__(self, num_threads: int | None = None, interval_s: float = 2.0, slack: float = 0.25, first_look_s: float = 0.25) -> None:
         self.enabled = not num_threads
         self.interval_s = interval_s
         self.first_look_s = first_look_s
@@ -77,7 +77,8 @@ class AdaptiveCpuThreads(L.Callback):
         self._clock: _CpuClock | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not self.enabled or trainer.strategy.root_device.type != "cpu":
+        # Fits only: a test after the fit is short, and an evaluation alone keeps torch's default.
+        if not self.enabled or stage != "fit" or trainer.strategy.root_device.type != "cpu":
             self._clock = None
             return
         self._clock = _CpuClock()
