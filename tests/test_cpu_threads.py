@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cvexp.engines.cpu_threads import AdaptiveCpuThreads, threads_for, usable_cores
+from cvexp.engines.resume import THREADS_KEY
 
 
 def test_threads_for_the_cores_left() -> None:
@@ -37,6 +38,10 @@ def test_a_busy_process_takes_a_thread_and_the_fit_end_gives_it_back() -> None:
         time.sleep(1.2)
         callback.on_train_batch_end(trainer, None)  # and again every interval_s
         assert torch.get_num_threads() <= usable_cores() - 1, callback.changes
+        # A checkpoint names the ceiling, so that a resumed run can go back up to it.
+        checkpoint: dict = {}
+        callback.on_save_checkpoint(trainer, None, checkpoint)
+        assert checkpoint[THREADS_KEY] == usable_cores()
     finally:
         busy.kill()
         busy.wait()

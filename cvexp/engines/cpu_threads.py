@@ -21,6 +21,8 @@ import lightning as L
 import psutil
 import torch
 
+from cvexp.engines.resume import THREADS_KEY
+
 log = logging.getLogger(__name__)
 
 
@@ -96,6 +98,12 @@ class AdaptiveCpuThreads(L.Callback):
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         self._adapt()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A resume starts from the thread count a checkpoint names (cvexp/engines/resume.py): the ceiling,
+        # not the count a busy moment left, or the resumed run could never go back up.
+        if self._clock is not None:
+            checkpoint[THREADS_KEY] = self._max_threads
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._clock is not None and torch.get_num_threads() != self._initial:

@@ -188,7 +188,8 @@ class VisionTaskModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What the next step draws, and the thread count its sums depend on: a resume repeats it (cvexp/engines/resume.py).
         checkpoint[RANDOM_STATE_KEY] = random_states()
-        checkpoint[THREADS_KEY] = torch.get_num_threads()
+        # The adaptive thread policy (cvexp/engines/cpu_threads.py) has put in its ceiling, not the count of the moment.
+        checkpoint.setdefault(THREADS_KEY, torch.get_num_threads())
         # Enough to rebuild the model (evaluate, register, serve) with neither the config files nor
         # model.pretrained: the metadata, the Hugging Face config and the image processor.
         if self.metadata is None or self.image_processor is None:
