@@ -111,11 +111,12 @@ class AdaptiveCpuThreads(L.Callback):
         self._clock = None
 
     def _adapt(self, force: bool = False) -> None:
-        if self._clock is None:
+        # The clock first: psutil reads /proc on every call, and this runs after every step.
+        if self._clock is None or (time.monotonic() - self._last[0] < self.interval_s and not force):
             return
         wall, busy, own = now = self._clock.read()
         elapsed = wall - self._last[0]
-        if elapsed <= 0 or (elapsed < self.interval_s and not force):
+        if elapsed <= 0:
             return
         others = max(0.0, (busy - self._last[1]) - (own - self._last[2])) / elapsed
         self._last = now
