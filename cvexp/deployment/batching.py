@@ -33,8 +33,12 @@ import numpy as np
 class _Request:
     images: Sequence[np.ndarray]
     future: Future = field(default_factory=Future)
-    results: list[Any] = field(default_factory=list)
-    remaining: int = 0
+    results: list[Any] = field(init=False)  # one slot per image, filled as its batch ends
+    remaining: int = field(init=False)  # images not yet predicted
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.images)
+        self.remaining = len(self.images)
 
 
 BatchPredict = Callable[[list[np.ndarray]], list[Any]]
@@ -70,7 +74,7 @@ class RequestBatcher:
         if not images:
             return []
         self._ensure_thread()
-        request = _Request(images, results=[None] * len(images), remaining=len(images))
+        request = _Request(images)
         self._queue.put(request)
         return request.future.result()
 
