@@ -23,11 +23,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.report import replace_section  # noqa: E402
+from benchmarks.report import BENCHMARKS_DOC, publish, runs_cell  # noqa: E402
 from cvexp.data.labels import Category  # noqa: E402
 from cvexp.evaluation.coco_metric import COCO_STAT_NAMES, evaluate_coco  # noqa: E402
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 IMAGE_SIZE = 640
 
 
@@ -106,20 +105,18 @@ def main() -> None:
         raise SystemExit(f"the numbers differ (max |difference| {difference:.2e}): {dict(zip(COCO_STAT_NAMES, ours - stats, strict=True))}")
 
     cvexp_median, reference_median = statistics.median(cvexp_times), statistics.median(reference_times)
-    runs = lambda times: ", ".join(f"{t:.2f}" for t in times)  # noqa: E731
     body = (
         f"{args.images} images, {len(ground_truth['annotations'])} ground-truth boxes in {args.classes} classes, "
         f"{len(results)} detections ({args.detections} per image), seed {args.seed}; {args.repeats} alternating repeats. "
         f"The twelve COCO numbers are identical on both sides (max |difference| {difference:.1e}; mAP {ours[0]:.4f}, mAP50 {ours[1]:.4f}).\n\n"
         "| | seconds (median) | runs |\n|---|---|---|\n"
-        f"| cvexp `evaluate_coco` (faster-coco-eval) | {cvexp_median:.2f} | {runs(cvexp_times)} |\n"
-        f"| pycocotools `COCOeval` | {reference_median:.2f} | {runs(reference_times)} |\n"
+        f"| cvexp `evaluate_coco` (faster-coco-eval) | {cvexp_median:.2f} | {runs_cell(cvexp_times, 2)} |\n"
+        f"| pycocotools `COCOeval` | {reference_median:.2f} | {runs_cell(reference_times, 2)} |\n"
         f"| **speed-up** | **{reference_median / cvexp_median:.1f}×** | goal ≥ 5× |"
     )
-    print(body)
+    publish(body, "coco-eval-speed", write=not args.no_write)
     if not args.no_write:
-        replace_section(DOC, "coco-eval-speed", body)
-        print(f"written to {DOC}")
+        print(f"written to {BENCHMARKS_DOC}")
 
 
 if __name__ == "__main__":

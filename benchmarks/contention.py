@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.report import replace_section  # noqa: E402
+from benchmarks.report import publish, runs_cell  # noqa: E402
 from benchmarks.training_throughput import compose_config  # noqa: E402
 from cvexp.engines.cpu_threads import AdaptiveCpuThreads, usable_cores  # noqa: E402
 from cvexp.training import run_training  # noqa: E402
@@ -136,12 +136,9 @@ def main() -> None:
             runs = results[(condition, policy)]
             alone = statistics.median(results.get(("alone", policy), [float("nan")]))
             label = "adaptive (default)" if policy == "adaptive" else f"fixed at {cores}"
-            lines.append(f"| {condition} | {label} | {statistics.median(runs):.1f} | {', '.join(f'{r:.1f}' for r in runs)} | "
+            lines.append(f"| {condition} | {label} | {statistics.median(runs):.1f} | {runs_cell(runs)} | "
                          f"{alone / statistics.median(runs):.2f}x |")  # fmt: skip
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        replace_section(REPO / "docs" / "benchmarks.md", "training-contention", body)
+    publish("\n".join(lines), "training-contention", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.report import replace_section  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from benchmarks.training_throughput import compose_config  # noqa: E402
 from cvexp.evaluation.evaluator import evaluate_predictions, model_split  # noqa: E402
 from cvexp.inference.predictor import Predictor  # noqa: E402
@@ -137,9 +137,7 @@ def main() -> None:
         "",
         table(runs, args.epochs),
     ])
-    print(body)
-    if args.write:
-        replace_section(REPO / "docs" / "benchmarks.md", "finetune", body)
+    publish(body, "finetune", write=args.write)
 
 
 if __name__ == "__main__":

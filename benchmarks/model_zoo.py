@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 import lightning as L  # noqa: E402
 
-from benchmarks.report import replace_section  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from benchmarks.training_throughput import compose_config  # noqa: E402
 from cvexp.paths import CONFIG_DIR  # noqa: E402
 from cvexp.training import run_training  # noqa: E402
@@ -160,9 +160,7 @@ def main() -> None:
             status = r.error or f"val mAP50 {r.map_50:.3f}, {r.steps_per_second:.2f} steps/s"
             print(f"{model}: {status} ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
     table = markdown(results, args)
-    print(table)
-    if args.write:
-        replace_section(REPO / "docs" / "models.md", "model-zoo", table)
+    publish(table, "model-zoo", write=args.write, path=REPO / "docs" / "models.md")
 
 
 if __name__ == "__main__":

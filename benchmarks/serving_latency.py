@@ -28,7 +28,7 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.report import replace_section  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from cvexp.deployment.pyfunc import IMAGE_COLUMN, encode_image_file, pyfunc_model_arguments  # noqa: E402
 from cvexp.deployment.serving import mlflow_model_server  # noqa: E402
 from cvexp.inference.predictor import Predictor  # noqa: E402
@@ -108,9 +108,7 @@ def main() -> None:
              "the server runs one uvicorn worker on the same machine.", "",
              "| path | images per request | p50 ms per request | p95 ms per request | p50 ms per image |", "|---|---:|---:|---:|---:|"]  # fmt: skip
     lines += [f"| {name} | {batch} | {p50:.1f} | {p95:.1f} | {per_image:.1f} |" for name, batch, p50, p95, per_image in rows]
-    print("\n".join(lines))
-    if not args.no_write:
-        replace_section(REPO / "docs" / "benchmarks.md", "serving-latency", "\n".join(lines))
+    publish("\n".join(lines), "serving-latency", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -213,15 +213,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    from benchmarks.report import replace_section
+    from benchmarks.report import publish
     from benchmarks.serving_latency import newest_artifact
 
     artifact = args.model or newest_artifact()
     result = serve_and_load(artifact, sorted(args.images.glob("*.png"))[:8], args.requests, args.concurrency)
     body = table(result, args.requests, args.concurrency)
-    print(body)
-    if not args.no_write:
-        replace_section(REPO / "docs" / "benchmarks.md", "serving-load", body)
+    publish(body, "serving-load", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from benchmarks.report import replace_section  # noqa: E402
+from benchmarks.report import publish, runs_cell  # noqa: E402
 from cvexp.paths import CONFIG_DIR  # noqa: E402
 from cvexp.training import build_training, run_training, seed_and_threads  # noqa: E402
 
@@ -125,13 +125,11 @@ def main() -> None:
         "",
         "| | images/s (median) | runs |",
         "|---|---|---|",
-        f"| `cvexp.train` (callbacks, MLflow logging, progress bar) | {cvexp_median:.1f} | {', '.join(f'{r:.1f}' for r in cvexp_rates)} |",
-        f"| hand-written PyTorch loop | {loop_median:.1f} | {', '.join(f'{r:.1f}' for r in loop_rates)} |",
+        f"| `cvexp.train` (callbacks, MLflow logging, progress bar) | {cvexp_median:.1f} | {runs_cell(cvexp_rates)} |",
+        f"| hand-written PyTorch loop | {loop_median:.1f} | {runs_cell(loop_rates)} |",
         f"| **ratio** | **{ratio:.3f}** | goal ≥ 0.97 |",
     ]
-    print("\n".join(lines))
-    if not args.no_write:
-        replace_section(REPO / "docs" / "benchmarks.md", "training-throughput", "\n".join(lines))
+    publish("\n".join(lines), "training-throughput", write=not args.no_write)
 
 
 if __name__ == "__main__":

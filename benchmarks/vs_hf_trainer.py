@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.report import replace_section  # noqa: E402
+from benchmarks.report import publish, runs_cell  # noqa: E402
 from benchmarks.training_throughput import EpochTimer, compose_config  # noqa: E402
 from cvexp.training import run_training  # noqa: E402
 
@@ -92,13 +92,10 @@ def main() -> None:
              f"{WORKERS} DataLoader workers, {args.epochs} epochs without evaluation, {args.repeats} alternating repeats; "
              f"cvexp overrides: {switches}.", "",
              "| | images/s (median) | runs |", "|---|---:|---|",
-             f"| HF Trainer example (`run_object_detection.py`) | {statistics.median(peer):.1f} | {', '.join(f'{v:.1f}' for v in peer)} |",
-             f"| `cvexp.train` | {statistics.median(ours):.1f} | {', '.join(f'{v:.1f}' for v in ours)} |",
+             f"| HF Trainer example (`run_object_detection.py`) | {statistics.median(peer):.1f} | {runs_cell(peer)} |",
+             f"| `cvexp.train` | {statistics.median(ours):.1f} | {runs_cell(ours)} |",
              f"| **ratio** | **{ratio:.2f}** | goal ≥ 1.2 |"]  # fmt: skip
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        replace_section(REPO / "docs" / "benchmarks.md", "vs-hf-trainer", body)
+    publish("\n".join(lines), "vs-hf-trainer", write=not args.no_write)
 
 
 if __name__ == "__main__":
