@@ -89,6 +89,7 @@ def run_plain_loop(cfg) -> float:
     for _ in range(cfg.trainer.max_epochs):
         start, images = time.perf_counter(), 0
         for batch in loader:
+            batch["pixel_values"] = module.pixels.model_input(batch["pixel_values"], batch["pixel_mask"])
             loss = model(**adapter.model_inputs(batch)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -237,7 +237,7 @@ def _check_targets(node: Any, origin: str, path: str) -> None:
 
 def export_image_processor(image_processor: Any, image_size: int | None) -> Any:
     """A copy of the processor that resizes as the training did, so that transformers' own pipeline feeds the model the same pixels."""
-    from cvexp.data.collate import processor_size
+    from cvexp.data.pixels import processor_size
 
     processor = copy.deepcopy(image_processor)
     if image_size:

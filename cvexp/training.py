@@ -113,7 +113,8 @@ def build_training(cfg: DictConfig) -> tuple[VisionTaskModule, Any]:
         raise ConfigError(f"adapter.name={cfg.adapter.get('name')} (the model option's adapter) serves {adapter.task} models, and "
                           f"task={task.name}. Fix: pick a {task.name} model (docs/models.md lists them by task), or task={adapter.task}.")  # fmt: skip
     detector = instantiate(cfg.model, label_map=label_map)
-    datamodule.collate_fn = BatchCollator(detector.image_processor, adapter, image_size=datamodule.image_size)
+    pixels = instantiate(cfg.pixels)(detector.image_processor, datamodule.image_size)
+    datamodule.collate_fn = BatchCollator(pixels, adapter)
     metadata = ModelMetadata(
         task=task.name,
         model_class=public_model_class_name(detector.model),
@@ -133,6 +134,9 @@ def build_training(cfg: DictConfig) -> tuple[VisionTaskModule, Any]:
         backbone_modules=detector.backbone_modules,
         image_processor=detector.image_processor,
         metadata=metadata,
+        channels_last=cfg.get("channels_last", False),
+        pixels=pixels,
+        compile=cfg.get("compile", False),
     )
     return module, datamodule
 

@@ -13,7 +13,7 @@ import torch
 
 from cvexp.adapters import DetrAdapter, OutputAdapter, SigmoidDetrAdapter, available_adapters, create_adapter
 from cvexp.data import BatchCollator, Category, DetectionTarget, LabelMap, Sample
-from cvexp.data.collate import processor_size
+from cvexp.data.pixels import TorchPixels, processor_size
 
 # Non-contiguous dataset ids, as real exports have them.
 LABEL_MAP = LabelMap([Category(3, "cat"), Category(7, "dog"), Category(11, "bird")])
@@ -158,11 +158,19 @@ def test_fixed_shape_processors_stretch_to_the_image_size_others_keep_the_aspect
     assert processor_size(SimpleNamespace(size={"height": 640, "width": 640}), 96) == {"height": 96, "width": 96}  # a saved, reloaded size
 
 
+def _model_batch(image_processor: Any, adapter: OutputAdapter, samples: list[Sample]) -> dict[str, Any]:
+    """A collated batch of ``samples`` whose pixels are the model's input, as the training module makes them."""
+    pixels = TorchPixels(image_processor, 96)
+    batch = BatchCollator(pixels, adapter)(samples)
+    batch["pixel_values"] = pixels.model_input(batch["pixel_values"], batch["pixel_mask"])
+    return batch
+
+
 def test_rt_detr_family_predictions_are_in_original_image_coordinates(rt_detr_family: tuple[str, Any, OutputAdapter]) -> None:
     _, detector, adapter = rt_detr_family
     samples = _samples()
     targets = [s.target for s in samples]
-    batch = BatchCollator(detector.image_processor, adapter, image_size=96)(samples)
+    batch = _model_batch(detector.image_processor, adapter, samples)
     # Every image fills the whole input (stretched, unpadded), in [0, 1] without mean/std.
     assert batch["pixel_values"].shape == (2, 3, 96, 96)
     assert 0 <= batch["pixel_values"].min() and batch["pixel_values"].max() <= 1
@@ -188,7 +196,7 @@ def test_rt_detr_family_predictions_are_in_original_image_coordinates(rt_detr_fa
 
 def test_rt_detr_family_loss_is_the_model_s_and_parts_are_the_final_layer_s(rt_detr_family: tuple[str, Any, OutputAdapter]) -> None:
     option, detector, adapter = rt_detr_family
-    batch = BatchCollator(detector.image_processor, adapter, image_size=96)(_samples())
+    batch = _model_batch(detector.image_processor, adapter, _samples())
     model = detector.model.train()
     outputs = model(**adapter.model_inputs(batch))
     adapted = adapter.adapt_output(outputs)
@@ -212,7 +220,7 @@ def test_rt_detr_family_trains_on_denoising_queries_built_from_the_labels(rt_det
     from cvexp.models.task_module import VisionTaskModule
 
     _, detector, adapter = rt_detr_family
-    batch = BatchCollator(detector.image_processor, adapter, image_size=96)(_samples())
+    batch = _model_batch(detector.image_processor, adapter, _samples())
     module = VisionTaskModule(detector.model, adapter, optimizer=partial(torch.optim.AdamW, lr=1e-4))
     num_queries = detector.model.config.num_queries
     module.train()
@@ -320,7 +328,7 @@ def test_padded_family_predictions_match_transformers_post_processing(padded_fam
     option, detector, adapter = padded_family
     samples = _padded_samples()
     targets = [s.target for s in samples]
-    batch = BatchCollator(detector.image_processor, adapter, image_size=96)(samples)
+    batch = _model_batch(detector.image_processor, adapter, samples)
     # Aspect kept, longer side 96, then padded to the batch's largest: every image here is padded.
     assert batch["pixel_values"].shape == (3, 3, 96, 96)
     assert (batch["pixel_mask"] == 0).flatten(1).any(1).all(), "every image should have padding"

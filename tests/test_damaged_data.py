@@ -269,13 +269,14 @@ def test_under_skip_an_image_broken_after_validation_is_left_out_and_counted(tmp
 
     from cvexp.adapters import DetrAdapter
     from cvexp.data import BatchCollator
+    from cvexp.data.pixels import TorchPixels
 
     dataset = _broken_after_validation(tmp_path, "skip")
     skipped = dataset[1]
     assert isinstance(skipped, UnreadableImage) and skipped.path.endswith("img2.png") and skipped.reason
-    batch = BatchCollator(DetrImageProcessorPil(), DetrAdapter(dataset.label_map), image_size=32)([dataset[0], skipped])
+    batch = BatchCollator(TorchPixels(DetrImageProcessorPil(), 32), DetrAdapter(dataset.label_map))([dataset[0], skipped])
     assert len(batch["targets"]) == 1 and batch["pixel_values"].shape[0] == 1 and batch["unreadable"] == [skipped]
-    empty = BatchCollator(DetrImageProcessorPil(), DetrAdapter(dataset.label_map), image_size=32)([skipped])
+    empty = BatchCollator(TorchPixels(DetrImageProcessorPil(), 32), DetrAdapter(dataset.label_map))([skipped])
     assert empty["targets"] == [] and "pixel_values" not in empty
 
 

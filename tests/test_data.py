@@ -58,11 +58,12 @@ def test_rbc_cells_datamodule_batches_through_a_collator() -> None:
 
     from cvexp.adapters import SigmoidDetrAdapter
     from cvexp.data import BatchCollator
+    from cvexp.data.pixels import TorchPixels
 
     datamodule = VisionDataModule(CocoDetectionDataset, root=str(RBC_CELLS), train={"images_dir": "train"}, val={"images_dir": "valid"},
                                          test={"images_dir": "test"}, batch_size=3, image_size=128)  # fmt: skip
     adapter = SigmoidDetrAdapter(datamodule.label_map)
-    datamodule.collate_fn = BatchCollator(ConditionalDetrImageProcessorPil(), adapter, image_size=128)
+    datamodule.collate_fn = BatchCollator(TorchPixels(ConditionalDetrImageProcessorPil(), 128), adapter)
     batch = next(iter(datamodule.val_dataloader()))
     assert batch["pixel_values"].shape == (3, 3, 128, 128)
     assert len(datamodule.datasets["val"]) == 20 and len(datamodule.datasets["test"]) == 10

@@ -212,9 +212,13 @@ def test_model_of_another_task_trains_and_its_results_file_reads_back(train_conf
 # Hungarian-matched set losses sit on a plateau while every query predicts the mean box, then fall once
 # the queries split (measured on two shapes images at lr 1e-3: about 150 steps for the tiny DETR, loss
 # 22.4 -> 15.4 at step 100 and 9.8 at step 300). The detectors and instance segmenters (set predictors too) get
-# 300 steps; the rest must halve in 100.
+# 300 steps; the rest must halve in 100. DETR with its mask head adds dice and focal mask losses that fall
+# slowly from a random FPN, and which step it halves at is chaotic: Adam turns the gradients that are
+# zero but for rounding (key biases, the convolution biases before group norm) into full-size steps, so
+# the memory layout alone moves it (3 seeds x NCHW / channels-last: 199 to 554 steps). It gets 700.
 SET_PREDICTION_STEPS = 300
 FIXED_BATCH_STEPS = 100
+STEP_BUDGETS = {"detr_segmentation": 700}
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -229,7 +233,7 @@ def test_model_learns_one_fixed_batch(train_config, model: str) -> None:
     optimizer = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=1e-3)
     module.model.train()
     losses = []
-    for _ in range(SET_PREDICTION_STEPS if model in COCO_RESULTS else FIXED_BATCH_STEPS):
+    for _ in range(STEP_BUDGETS.get(model, SET_PREDICTION_STEPS if model in COCO_RESULTS else FIXED_BATCH_STEPS)):
         loss = module.adapter.adapt_output(module(batch)).loss
         optimizer.zero_grad()
         loss.backward()

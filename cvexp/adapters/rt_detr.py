@@ -19,7 +19,7 @@ denoising queries from them (in train mode only; in eval mode the labels only ad
 The models take no ``pixel_mask`` (their backbone's masks are discarded), so ``conf/adapter/rt_detr.yaml``
 sets ``pass_pixel_mask: false``; their boxes are normalised to the whole input, which is why the
 collator stretches every image to the input size for them rather than padding it
-(:func:`cvexp.data.collate.processor_size`).
+(:func:`cvexp.data.pixels.processor_size`).
 """
 
 from __future__ import annotations

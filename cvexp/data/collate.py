@@ -1,7 +1,9 @@
-"""Turns a list of samples of any task into a model batch: pixels from the image processor, labels from the adapter."""
+"""Turns a list of samples of any task into a model batch: pixels from the ``pixels`` option, labels from the adapter."""
 
 from __future__ import annotations
 
+import io
+import pickle
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -11,60 +13,97 @@ from cvexp.data.targets import ImageInfo, Sample
 
 if TYPE_CHECKING:
     from cvexp.adapters.base import OutputAdapter
+    from cvexp.data.pixels import ProcessorPixels
 
 
 class BatchCollator:
     """Batches samples for a Hugging Face vision model.
 
-    The image processor resizes, normalises and pads (``pixel_values``, ``pixel_mask``); the
-    adapter turns the targets into what the model family trains on (``labels``); the original
-    targets ride along for evaluation. Images that could not be read (``data.on_invalid=skip``)
-    are left out and listed under ``unreadable``; a batch of nothing else has no ``pixel_values``.
+    ``pixels`` turns the images into ``pixel_values`` and ``pixel_mask`` as the model's image
+    processor would (:mod:`cvexp.data.pixels`); the adapter turns the targets into what the model
+    family trains on (``labels``); the original targets ride along for evaluation. Images that could
+    not be read (``data.on_invalid=skip``) are left out and listed under ``unreadable``; a batch of
+    nothing else has no ``pixel_values``.
 
     Args:
-        image_processor: a Hugging Face image processor of the model.
+        pixels: a :class:`~cvexp.data.pixels.TorchPixels` or :class:`~cvexp.data.pixels.ProcessorPixels`.
         adapter: the model family's output adapter.
-        image_size: resize so that the longer side is this many pixels (aspect kept), or to this
-            square for processors that resize to a fixed shape (:func:`processor_size`); ``None``
-            keeps the processor's own size setting.
     """
 
-    def __init__(self, image_processor: Any, adapter: OutputAdapter, image_size: int | None = None) -> None:
-        self.image_processor = image_processor
+    def __init__(self, pixels: ProcessorPixels, adapter: OutputAdapter) -> None:
+        self.pixels = pixels
         self.adapter = adapter
-        self.size = processor_size(image_processor, image_size) if image_size else None
 
     def __call__(self, samples: list[Sample | UnreadableImage]) -> dict[str, Any]:
         unreadable = [s for s in samples if isinstance(s, UnreadableImage)]
         samples = [s for s in samples if not isinstance(s, UnreadableImage)]
         if not samples:
             return {"targets": [], "labels": [], "unreadable": unreadable}
-        extra = {"size": self.size} if self.size else {}
-        encoded = self.image_processor(images=[s.image for s in samples], return_tensors="pt", **extra)
+        pixel_values, pixel_mask = self.pixels([s.image for s in samples])
         targets = [s.target for s in samples]
-        # Processors that never pad (ViT, SegFormer, RT-DETR) give no mask: every pixel is image.
-        pixel_mask = encoded["pixel_mask"] if "pixel_mask" in encoded else torch.ones_like(encoded["pixel_values"][:, 0], dtype=torch.long)
+        labels = None if any(isinstance(t, ImageInfo) for t in targets) else self.adapter.adapt_targets(targets, pixel_mask)
         return {
-            "pixel_values": encoded["pixel_values"],
+            "pixel_values": pixel_values,
             "pixel_mask": pixel_mask,
-            "labels": None if any(isinstance(t, ImageInfo) for t in targets) else self.adapter.adapt_targets(targets, pixel_mask),
-            "targets": targets,
+            "labels": _inline_in_worker(labels),
+            "targets": _inline_in_worker(targets),
             "unreadable": unreadable,
         }
 
 
-def processor_size(image_processor: Any, image_size: int) -> dict[str, int]:
-    """The ``size`` with which ``image_processor`` resizes to ``image_size``, in the processor's own kind of resize.
+#: Tensors up to this many bytes travel from a DataLoader worker inside the pickled batch; larger ones in shared memory.
+INLINE_TENSOR_BYTES = 1 << 16
 
-    Most processors keep the aspect ratio (``shortest_edge``/``longest_edge``: DETR, Deformable
-    DETR, YOLOS): the longer side becomes ``image_size`` and the batch is padded, ``pixel_mask``
-    marking the padding. A processor whose own size is a fixed ``height`` x ``width`` (RT-DETR,
-    RT-DETRv2, D-FINE) stretches every image to ``image_size`` x ``image_size``, as those models are
-    trained: they take no pixel mask and predict boxes relative to the whole input, which is then
-    the whole image (padding would shift every box the adapter normalises to the image).
+
+class _Inline:
+    """Pickles ``content`` with its small tensors inside the pickle (numpy bytes) instead of a shared-memory segment each.
+
+    A DataLoader worker hands every tensor of a batch to the training process as a shared-memory
+    segment of its own, whose file descriptor the receiver maps and later unmaps: for a batch's
+    dozens of target tensors of a few bytes each that cost 13 ms per batch of 8 images in the
+    training process (docs/benchmarks.md). Only used in workers; unpickled, it is ``content`` again.
     """
-    size = getattr(image_processor, "size", None)
-    field = size.get if isinstance(size, dict) else lambda name: getattr(size, name, None)
-    if field("height") and field("width") and not field("shortest_edge"):
-        return {"height": image_size, "width": image_size}
-    return {"shortest_edge": image_size, "longest_edge": image_size}
+
+    def __init__(self, content: Any) -> None:
+        self.content = content
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        large: list[torch.Tensor] = []
+        buffer = io.BytesIO()
+        _InlinePickler(buffer, large).dump(self.content)
+        return _restore, (buffer.getvalue(), large)  # the large tensors go the usual way: shared memory
+
+
+class _InlinePickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, large: list[torch.Tensor]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.large = large
+
+    def persistent_id(self, obj: Any) -> int | None:
+        if isinstance(obj, torch.Tensor) and (obj.numel() * obj.element_size() > INLINE_TENSOR_BYTES or obj.dtype == torch.bfloat16):
+            self.large.append(obj)
+            return len(self.large) - 1
+        return None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return torch.from_numpy, (obj.numpy(),)
+        return NotImplemented
+
+
+class _InlineUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, large: list[torch.Tensor]) -> None:
+        super().__init__(file)
+        self.large = large
+
+    def persistent_load(self, pid: Any) -> torch.Tensor:
+        return self.large[pid]
+
+
+def _restore(payload: bytes, large: list[torch.Tensor]) -> Any:
+    return _InlineUnpickler(io.BytesIO(payload), large).load()
+
+
+def _inline_in_worker(content: Any) -> Any:
+    """``content``, wrapped to travel inline when this is a DataLoader worker (where it will be pickled)."""
+    return _Inline(content) if torch.utils.data.get_worker_info() is not None else content

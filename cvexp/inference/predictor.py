@@ -19,6 +19,7 @@ from cvexp.adapters.base import OutputAdapter, Prediction
 from cvexp.artifact import LoadedModel, ModelMetadata, load_model, save_artifact
 from cvexp.data.collate import BatchCollator
 from cvexp.data.labels import LabelMap
+from cvexp.data.pixels import TorchPixels
 from cvexp.tasks import Task, task_named
 
 #: A prediction and the target (or :class:`~cvexp.data.targets.ImageInfo`) of its image.
@@ -55,7 +56,8 @@ class Predictor:
         self.adapter = adapter
         self.metadata = metadata
         self.task: Task = task_named(metadata.task)
-        self.collator = BatchCollator(image_processor, adapter, image_size=metadata.image_size)
+        self.pixels = TorchPixels(image_processor, metadata.image_size)
+        self.collator = BatchCollator(self.pixels, adapter)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> Predictor:
@@ -93,7 +95,8 @@ class Predictor:
             for batch in iterator:
                 if "pixel_values" not in batch:  # every image of it unreadable (data.on_invalid=skip): nothing to predict
                     continue
-                inputs = {"pixel_values": batch["pixel_values"].to(self.device), "pixel_mask": batch["pixel_mask"].to(self.device)}
+                pixel_mask = batch["pixel_mask"].to(self.device)
+                inputs = {"pixel_values": self.pixels.model_input(batch["pixel_values"].to(self.device), pixel_mask), "pixel_mask": pixel_mask}
                 outputs = self.model(**self.adapter.model_inputs(inputs, with_labels=False))
                 predictions += zip(self.adapter.format_predictions(outputs, batch["targets"]), batch["targets"], strict=True)
         return predictions

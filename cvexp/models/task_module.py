@@ -15,6 +15,7 @@ from torchmetrics import Metric
 
 from cvexp.adapters.base import OutputAdapter, Prediction
 from cvexp.artifact import CHECKPOINT_KEY, ModelMetadata, checkpoint_section
+from cvexp.data.pixels import ProcessorPixels
 from cvexp.engines.resume import RANDOM_STATE_KEY, THREADS_KEY, random_states, restore_random_states
 from cvexp.models.huggingface import backbone_parameter_names
 from cvexp.tasks import Task, task_named
@@ -46,6 +47,11 @@ class VisionTaskModule(L.LightningModule):
         image_processor: the model's image processor, stored in checkpoints with ``metadata``.
         metadata: what the model artifact records (categories, adapter, weight source, training
             config); checkpoints store it so that they rebuild the model alone (:mod:`cvexp.artifact`).
+        channels_last: lay the model's 4-d weights out channels-last (NHWC), the layout in which CPU
+            convolutions and pooling run fastest; the ``pixels`` option gives the images the same one.
+        pixels: what batched the images (:mod:`cvexp.data.pixels`); :meth:`forward` has it make the
+            model's input of a batch, on the model's device.
+        compile: compile the model's forward with ``torch.compile`` (in place: the weights keep their names).
     """
 
     def __init__(
@@ -59,9 +65,14 @@ class VisionTaskModule(L.LightningModule):
         backbone_modules: tuple[str, ...] = (),
         image_processor: Any | None = None,
         metadata: ModelMetadata | None = None,
+        channels_last: bool = False,
+        pixels: ProcessorPixels | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
-        self.model = model
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        if compile:
+            self.model.compile()
         self.adapter = adapter
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -69,6 +80,7 @@ class VisionTaskModule(L.LightningModule):
         self.backbone_modules = tuple(backbone_modules)
         self.image_processor = image_processor
         self.metadata = metadata
+        self.pixels = pixels
         self.task = task_named(task or adapter.task) if not isinstance(task, Task) else task
         categories = adapter.label_map.categories
         self.val_metric: Metric = self.task.metric(categories)
@@ -91,6 +103,8 @@ class VisionTaskModule(L.LightningModule):
         return moved
 
     def forward(self, batch: dict[str, Any]) -> Any:
+        if self.pixels is not None:  # the batch's pixels as they left the DataLoader, now on the model's device
+            batch = {**batch, "pixel_values": self.pixels.model_input(batch["pixel_values"], batch["pixel_mask"])}
         return self.model(**self.adapter.model_inputs(batch, with_labels=batch.get("labels") is not None))
 
     def _readable(self, batch: dict[str, Any]) -> bool:
