@@ -122,15 +122,17 @@ class TorchPixels(ProcessorPixels):
             return pixel_values
         scale, shift = self.scale.to(pixel_values.device), self.shift.to(pixel_values.device)
         batch, channels, height, width = pixel_values.shape
+        padded = not bool(pixel_mask.all())  # often nothing is: skip a pass over the batch
         if pixel_values.is_contiguous() or not pixel_values.is_contiguous(memory_format=torch.channels_last):
             values = torch.addcmul(-shift.view(channels, 1, 1), pixel_values, scale.view(channels, 1, 1))
-            return values.mul_(pixel_mask[:, None])
+            return values.mul_(pixel_mask[:, None]) if padded else values
         # Channels-last: along each image row the channels alternate, so the constants do too (a row of
         # W*3 values is the loop torch vectorises; a (3, 1, 1) broadcast would make it a loop over 3).
         rows = pixel_values.permute(0, 2, 3, 1).reshape(batch, height, width * channels)
-        values = torch.addcmul(-shift.repeat(width), rows, scale.repeat(width))
-        values.mul_(pixel_mask.repeat_interleave(channels, dim=-1))
-        return values.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        values = torch.addcmul(-shift.repeat(width), rows, scale.repeat(width)).view(batch, height, width, channels)
+        if padded:
+            values.mul_(pixel_mask[..., None])
+        return values.permute(0, 3, 1, 2)
 
 
 def _per_channel(values: float | Sequence[float]) -> tuple[float, float, float]:
