@@ -11,7 +11,7 @@ The setting of ``benchmarks/vs_hf_trainer.py``: the tiny Conditional DETR saved 
 - **Runs**: whole ``cvexp.train`` runs (2 DataLoader workers, no evaluation), one configuration
   after the other, ``--repeats`` rounds; images/s over the training epochs as in vs_hf_trainer.py.
 
-Configurations: *before* (``pixels=processor channels_last=false``, every tensor of a batch sent
+Configurations: *before* (``pixels=processor pixels.channels_last=false``, every tensor of a batch sent
 from a worker as a shared-memory segment of its own: what cvexp did until 2026-12-03), each change
 alone, the defaults, and the defaults with ``optimizer.fused=true``. The handover column is the
 training process's wait for a batch that a worker has ready (2 workers, batches fetched 150 ms apart).
@@ -47,13 +47,13 @@ from benchmarks.vs_hf_trainer import BATCH, IMAGE_SIZE, PEER_WORK, RBC_CELLS, ru
 from cvexp.data import collate  # noqa: E402
 from cvexp.training import build_training  # noqa: E402
 
-BEFORE = ["pixels=processor", "channels_last=false"]
+BEFORE = ["pixels=processor", "pixels.channels_last=false"]
 #: name -> (overrides, the largest tensor that travels inside a pickled batch: 0 sends every one as a shared-memory segment, as before)
 CONFIGURATIONS: dict[str, tuple[list[str], int]] = {
-    "before: `pixels=processor channels_last=false`, every tensor in shared memory": (BEFORE, 0),
+    "before: `pixels=processor pixels.channels_last=false`, every tensor in shared memory": (BEFORE, 0),
     "small tensors inline alone": (BEFORE, collate.INLINE_TENSOR_BYTES),
-    "`pixels=torch` alone": (["channels_last=false"], 0),
-    "`channels_last=true` alone": (["pixels=processor"], 0),
+    "`pixels=torch` alone": (["pixels.channels_last=false"], 0),
+    "`pixels.channels_last=true` alone": (["pixels=processor"], 0),
     "**the defaults** (all three)": ([], collate.INLINE_TENSOR_BYTES),
     "the defaults + `optimizer.fused=true`": (["optimizer.fused=true"], collate.INLINE_TENSOR_BYTES),
 }

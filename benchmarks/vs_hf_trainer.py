@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="cvexp config overrides (its switches, e.g. pixels=processor channels_last=false)")
+    parser.add_argument("overrides", nargs="*", help="cvexp config overrides (its switches, e.g. pixels=processor pixels.channels_last=false)")
     args = parser.parse_args()
     for needed, how in ((PEER_WORK / "venv" / "bin" / "python", "run ../shared/peer-hf/setup_venv.sh"),
                         (PEER_WORK / "run_object_detection.py", "get the example as ../shared/peer-hf/README.md says"),

@@ -134,7 +134,7 @@ def build_training(cfg: DictConfig) -> tuple[VisionTaskModule, Any]:
         backbone_modules=detector.backbone_modules,
         image_processor=detector.image_processor,
         metadata=metadata,
-        channels_last=cfg.get("channels_last", False),
+        channels_last=pixels.channels_last,
         pixels=pixels,
         compile=cfg.get("compile", False),
     )

@@ -61,7 +61,7 @@ def test_the_batch_pads_to_the_processors_pad_size() -> None:
 def test_training_config_chooses_the_pixels_and_the_layout(train_config) -> None:
     from cvexp.training import build_training
 
-    module, datamodule = build_training(train_config(["model=conditional_detr", "pixels=processor", "channels_last=false"]))
+    module, datamodule = build_training(train_config(["model=conditional_detr", "pixels=processor", "pixels.channels_last=false"]))
     assert type(datamodule.collate_fn.pixels) is ProcessorPixels
     conv = next(m for m in module.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous()
