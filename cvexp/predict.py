@@ -9,10 +9,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from cvexp.cli_help import fast_help
 from cvexp.errors import exits_on_user_error
 from cvexp.paths import CONFIG_DIR
 
 
+@fast_help  # one config repository for --help's group listing (cvexp/cli_help.py)
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 @exits_on_user_error
 def main(cfg: DictConfig) -> None:
