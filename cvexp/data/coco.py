@@ -20,6 +20,7 @@ from cvexp.data.labels import LabelMap
 from cvexp.data.targets import DetectionTarget, Sample
 from cvexp.data.validation import (
     DEFAULT_MAX_IMAGE_PIXELS,
+    CocoRecords,
     ImageHeaderCache,
     InvalidPolicy,
     load_annotation_file,
@@ -61,16 +62,19 @@ class CocoDetectionDataset(LabelledImageDataset):
         name: the split's name (train, val, test), for messages.
         with_masks: instance segmentation: every annotation needs a ``segmentation`` (polygons or
             RLE, checked up front); targets carry a binary mask per instance, moved with the image.
+        records: the split's records already converted to COCO in memory (by the readers of other
+            layouts, :mod:`cvexp.data.formats`); ``annotation_file`` is then not read.
     """
 
     def __init__(self, images_dir: str, annotation_file: str | None = None, transform: Any | None = None, on_invalid: InvalidPolicy = "raise", cache_images: bool = False,
                  max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, header_cache: ImageHeaderCache | None = None,
-                 name: str = "", with_masks: bool = False) -> None:  # fmt: skip
+                 name: str = "", with_masks: bool = False, records: CocoRecords | None = None) -> None:  # fmt: skip
         split = CocoSplit(str(images_dir), annotation_file)
-        self.annotation_path = split.annotation_path
+        #: The COCO json read, or ``None`` for records converted from another layout.
+        self.annotation_path = split.annotation_path if records is None else None
         self.with_masks = with_masks
-        validated = validate_coco_split(self.annotation_path, Path(split.images_dir), name, on_invalid, max_image_pixels, header_cache,
-                                        require_masks=with_masks)  # fmt: skip
+        validated = validate_coco_split(records or split.annotation_path, Path(split.images_dir), name, on_invalid, max_image_pixels,
+                                        header_cache, require_masks=with_masks)  # fmt: skip
         self._annotations = validated.annotations
         self.categories = validated.categories
         used = {a["category_id"] for annotations in self._annotations.values() for a in annotations}
@@ -81,6 +85,11 @@ class CocoDetectionDataset(LabelledImageDataset):
     @staticmethod
     def compose(augmentation: Augmentation) -> Any:
         return augmentation.for_boxes()
+
+    def coco_content(self) -> dict[str, Any]:
+        """The split as validation kept it, as a COCO dict (``file_name`` relative to ``images_dir``): what cvexp understood of the data."""
+        annotations = [annotation for image_id in self.image_ids for annotation in self._annotations[image_id]]
+        return {"images": [self.images[image_id] for image_id in self.image_ids], "annotations": annotations, "categories": self.categories}
 
     def sample(self, image_id: int, image: np.ndarray) -> Sample:
         annotations = self._annotations[image_id]

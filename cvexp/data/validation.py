@@ -222,8 +222,30 @@ class _Collector:
         self.report.dropped.append(problem)
 
 
+@dataclass
+class CocoRecords:
+    """A split's COCO records held in memory: read from a COCO json, or converted from another layout.
+
+    The readers of YOLO, Pascal VOC and Hugging Face datasets (:mod:`cvexp.data.formats`) convert
+    to this, so that every format meets the one validator and yields the same samples.
+
+    Attributes:
+        content: the COCO dict (``images``, ``annotations``, ``categories``).
+        source: what messages name as the records' file (the annotation json, a ``data.yaml``, ...).
+        problems: what the conversion could not express as COCO (a malformed label line, a class
+            outside the class list): each is raised or skipped by ``on_invalid`` like a COCO problem.
+        images_refused, annotations_refused: how many records those problems left out of ``content``.
+    """
+
+    content: dict[str, Any]
+    source: str
+    problems: list[Problem] = field(default_factory=list)
+    images_refused: int = 0
+    annotations_refused: int = 0
+
+
 def validate_coco_split(
-    annotation_path: Path,
+    annotation_path: Path | CocoRecords,
     images_dir: Path,
     split: str = "",
     on_invalid: InvalidPolicy = "raise",
@@ -234,16 +256,21 @@ def validate_coco_split(
 ) -> ValidatedSplit:
     """Validates one split (see the module doc) and returns what it keeps.
 
+    ``annotation_path`` is a COCO json, or :class:`CocoRecords` converted from another layout (whose
+    conversion problems are raised or skipped first, as ``on_invalid`` says).
     ``require_masks`` (instance segmentation) also checks each annotation's ``segmentation``: polygons
     of at least 3 points of finite numbers, or an RLE of the image's size (:func:`segmentation_problem`).
     """
     if on_invalid not in ("raise", "skip"):
         raise DatasetError(f"data.on_invalid is '{on_invalid}'; use 'raise' or 'skip'.")
-    content = load_annotation_file(annotation_path)
-    file = str(annotation_path)
-    categories = _categories(content, annotation_path)
-    report = SplitReport(split, file, images=len(content["images"]), annotations=len(content["annotations"]))
+    records = annotation_path if isinstance(annotation_path, CocoRecords) else CocoRecords(load_annotation_file(annotation_path), str(annotation_path))
+    content, file = records.content, records.source
+    categories = _categories(content, Path(file))
+    report = SplitReport(split, file, images=len(content["images"]) + records.images_refused,
+                         annotations=len(content["annotations"]) + records.annotations_refused)  # fmt: skip
     reject = _Collector(report, on_invalid)
+    for problem in records.problems:
+        reject(problem)
     cache = header_cache or ImageHeaderCache()
 
     images, dropped_images = _valid_images(content["images"], images_dir.resolve(), file, reject, max_image_pixels, cache, progress)
@@ -254,10 +281,10 @@ def validate_coco_split(
     report.annotations_kept = sum(len(kept) for kept in annotations.values())
     if not images:
         dropped = f" (all {report.images} dropped: {report.counts})" if report.images else ""
-        raise DatasetError(f"{annotation_path}: the {f'{split} split' if split else 'split'} has no images{dropped}. Fix: point data.{split or '<split>'} "
+        raise DatasetError(f"{file}: the {f'{split} split' if split else 'split'} has no images{dropped}. Fix: point data.{split or '<split>'} "
                            "at a split with images, or leave it out of the data config.")  # fmt: skip
     if report.dropped:
-        warnings.warn(f"{annotation_path}: data.on_invalid=skip dropped {len(report.dropped)} records: "
+        warnings.warn(f"{file}: data.on_invalid=skip dropped {len(report.dropped)} records: "
                       + ", ".join(f"{count} {kind}" for kind, count in report.counts.items()), stacklevel=2)  # fmt: skip
     return ValidatedSplit(images, annotations, categories, report)
 
