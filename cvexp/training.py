@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvexp.artifact import ARTIFACT_DIR, ModelMetadata, load_checkpoint, public_model_class_name, save_artifact
 from cvexp.data import BatchCollator
+from cvexp.data.inspection import data_summary
 from cvexp.data.validation import validation_table, write_validation_report
 from cvexp.engines.local import FitResult
 from cvexp.engines.resume import ResumeState, resume_state
@@ -161,6 +162,8 @@ def run_training(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = Non
     # Nothing is dropped silently: what validation kept and dropped, before training starts.
     reports = datamodule.validation_reports
     print_table(validation_table(reports))
+    if (overview := data_summary(datamodule)) is not None:  # data with boxes: the short form of python -m cvexp.inspect
+        print_table(overview)
     validation_file = write_validation_report(reports, output_dir / VALIDATION_FILE)
     if logger:
         resumed = {RESUMED_TAG: str(cfg.ckpt_path)} if resume.mlflow_run_id else {}

@@ -32,7 +32,8 @@ def pyplot() -> Any:
     return plt
 
 
-def _save(figure: Any, path: Path) -> Path:
+def save_figure(figure: Any, path: Path) -> Path:
+    """Writes ``figure`` as a PNG at ``path`` (its folder made), closes it and returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     pyplot().close(figure)
@@ -65,7 +66,7 @@ def plot_pr_curves(evaluation: CocoEvaluation, categories: Sequence[Category], p
         small = len(categories) > _MANY_CLASSES
         axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="x-small" if small else "medium",
                     ncol=1 + len(categories) // 40, frameon=False)  # fmt: skip
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "Confusion matrix",
@@ -87,7 +88,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
         for row, column in np.ndindex(matrix.shape):
             axis.text(column, row, str(int(matrix[row, column])), ha="center", va="center", fontsize=fontsize,
                       color="white" if matrix[row, column] > threshold else "black")  # fmt: skip
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def draw_boxes(
@@ -150,7 +151,7 @@ def plot_samples(
         Line2D([], [], color="black", label=f"prediction (score ≥ {score_threshold:g}, colour = class)"),
     ]
     figure.legend(handles=legend, loc="outside lower center", ncol=2, frameon=False)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def render_detections(image: np.ndarray, detections: Detections, names: Mapping[int, str], score_threshold: float, path: Path) -> Path:
@@ -161,7 +162,7 @@ def render_detections(image: np.ndarray, detections: Detections, names: Mapping[
     figure = plt.figure(figsize=(width * scale, height * scale))
     axis = figure.add_axes((0, 0, 1, 1))
     draw_boxes(axis, image, detections, names, score_threshold)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def class_colors(count: int) -> np.ndarray:
@@ -206,7 +207,7 @@ def plot_class_bars(values: Mapping[str, float], path: Path, title: str, xlabel:
         axis.text(min(value, 1.0) if not math.isnan(value) else 0.0, row, " n/a" if math.isnan(value) else f" {value:.3f}", va="center", fontsize=8)
     axis.set(xlim=(0, 1.1), xlabel=xlabel, title=title)
     axis.invert_yaxis()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_image_grid(panels: Sequence[tuple[np.ndarray, str]], path: Path, columns: int = 4, legend: Mapping[str, np.ndarray] | None = None) -> Path:
@@ -225,7 +226,7 @@ def plot_image_grid(panels: Sequence[tuple[np.ndarray, str]], path: Path, column
     if legend:
         handles = [Patch(color=np.asarray(color) / 255, label=name) for name, color in legend.items()]
         figure.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), frameon=False, fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def save_image(image: np.ndarray, path: Path) -> Path:
