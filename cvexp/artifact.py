@@ -297,8 +297,12 @@ def load_model(path: str | Path) -> LoadedModel:
                         "(<run dir>/checkpoints/*.ckpt) written by cvexp.train.")  # fmt: skip
 
 
-def load_artifact(directory: Path) -> LoadedModel:
-    """Reads ``<directory>/cvexp.json`` and the Hugging Face files beside it (safetensors only)."""
+def load_artifact(directory: Path, weights: bool = True) -> LoadedModel:
+    """Reads ``<directory>/cvexp.json`` and the Hugging Face files beside it (safetensors only).
+
+    ``weights=False`` leaves the PyTorch model out (``model`` is ``None``): what an exported model
+    (``model.onnx`` beside them) needs to be fed and read.
+    """
     metadata_path = directory / METADATA_FILE
     if not metadata_path.is_file():
         raise ArtifactError(f"{directory}: no {METADATA_FILE}, so it is not a cvexp model artifact. Fix: the <run dir>/model "
@@ -315,6 +319,8 @@ def load_artifact(directory: Path) -> LoadedModel:
         raise ArtifactError(f"{directory}: no preprocessor_config.json (the image processor). Fix: write the artifact with cvexp.train.")
     processor_cls = image_processor_class(str(json.loads(processor_path.read_text()).get("image_processor_type")), str(processor_path))
     adapter = build_adapter(metadata.adapter, metadata.label_map, origin)  # refuse an unsafe artifact before loading weights
+    if not weights:
+        return LoadedModel(None, processor_cls.from_pretrained(directory), adapter, metadata)
     if not any(directory.glob("*.safetensors")):
         raise ArtifactError(f"{directory}: no .safetensors weights (cvexp reads no pickled weights). Fix: write the artifact with "
                             "cvexp.train, or save the model with save_pretrained(safe_serialization=True).")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,3 +66,16 @@ class OutputAdapter(ABC):
     @abstractmethod
     def format_predictions(self, outputs: Any, targets: list[Any]) -> list[Prediction]:
         """Per image, the task's prediction in the image's original pixels (``target.size``) and the dataset's category ids."""
+
+    #: The names of :meth:`exported_outputs`' tensors, the outputs of an exported graph (empty: this adapter cannot export).
+    exported_output_names: tuple[str, ...] = ()
+
+    def exported_outputs(self, outputs: Any) -> tuple[torch.Tensor, ...]:
+        """The post-processing that an exported graph (``cvexp.export``) holds after the model: batched
+        tensor operations only, so that the exporter can trace them. Adapters without it cannot export."""
+        raise NotImplementedError(f"{type(self).__name__} has no exportable post-processing: its models cannot be exported yet "
+                                  "(docs/models.md, 'Export').")  # fmt: skip
+
+    def format_exported(self, exported: Sequence[torch.Tensor], targets: list[Any]) -> list[Prediction]:
+        """Per image, the task's prediction from :meth:`exported_outputs`' tensors (computed by PyTorch or by an exported graph)."""
+        raise NotImplementedError(f"{type(self).__name__} has no exportable post-processing.")

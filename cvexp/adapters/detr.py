@@ -12,6 +12,7 @@ Both train on normalised ``(cx, cy, w, h)`` boxes with contiguous class labels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -64,32 +65,43 @@ class DetrAdapter(OutputAdapter):
         parts = {name: value.detach() for name, value in outputs.loss_dict.items() if name.startswith("loss") and not name[-1].isdigit()}
         return AdaptedOutput(loss=outputs.loss, loss_parts=parts)
 
+    exported_output_names = ("boxes", "scores", "labels")
+
     def class_scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(query index, contiguous label, score) for each detection of one image."""
-        probabilities = logits.softmax(-1)[:, :-1]  # drop the no-object class
+        """(query index, contiguous label, score), each ``(B, K)``, for the detections of a batch's ``(B, Q, C + 1)`` logits."""
+        probabilities = logits.softmax(-1)[..., :-1]  # drop the no-object class
         scores, labels = probabilities.max(-1)
-        return torch.arange(len(scores), device=scores.device), labels, scores
+        queries = torch.arange(scores.shape[-1], device=scores.device).expand_as(scores)
+        return queries, labels, scores
 
     def ranked_detections(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`class_scores` of one image, best first."""
+        """:meth:`class_scores` of a batch's ``(B, Q, C)`` logits, each image's best first (``(B, K)`` each)."""
         queries, labels, scores = self.class_scores(logits)
-        order = scores.argsort(descending=True, stable=True)
-        return queries[order], labels[order], scores[order]
+        # topk rather than a stable sort, which the ONNX exporter cannot translate; only exact ties may order differently.
+        scores, order = scores.topk(scores.shape[-1], dim=-1)
+        return queries.gather(-1, order), labels.gather(-1, order), scores
+
+    def exported_outputs(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``boxes`` ``(B, K, 4)`` as ``[x, y, width, height]`` in fractions of each image's width and height (the
+        model's own normalisation: multiply by an image's size, whatever it was resized to), ``scores`` ``(B, K)``,
+        best first, and ``labels`` ``(B, K)``, the contiguous class indices."""
+        queries, labels, scores = self.ranked_detections(outputs.logits.float())
+        cx, cy, w, h = outputs.pred_boxes.float().gather(1, queries[..., None].expand(-1, -1, 4)).unbind(-1)
+        return torch.stack([cx - w / 2, cy - h / 2, w, h], dim=-1), scores, labels
+
+    def format_exported(self, exported: Sequence[torch.Tensor], targets: list[DetectionTarget]) -> list[Detections]:
+        boxes, scores, labels = (torch.as_tensor(array) for array in exported)
+        detections = []
+        for image_boxes, image_scores, image_labels, target in zip(boxes, scores, labels, targets, strict=True):
+            height, width = target.size
+            scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+            detections.append(Detections(image_id=target.image_id, boxes=image_boxes.float().cpu() * scale, scores=image_scores.float().cpu(),
+                                         category_ids=self.label_map.to_category_ids(image_labels.long())))  # fmt: skip
+        return detections
 
     def format_predictions(self, outputs: Any, targets: list[DetectionTarget]) -> list[Detections]:
-        detections = []
-        for logits, pred_boxes, target in zip(outputs.logits.float(), outputs.pred_boxes.float(), targets, strict=True):
-            queries, labels, scores = self.ranked_detections(logits)
-            boxes = _cxcywh_to_abs_xywh(pred_boxes[queries], target.size)
-            detections.append(
-                Detections(
-                    image_id=target.image_id,
-                    boxes=boxes.cpu(),
-                    scores=scores.cpu(),
-                    category_ids=self.label_map.to_category_ids(labels),
-                )
-            )
-        return detections
+        # The exported graph's post-processing, run here by PyTorch: one definition for both.
+        return self.format_exported(self.exported_outputs(outputs), targets)
 
 
 class DetrSegmentationAdapter(DetrAdapter):
@@ -113,10 +125,16 @@ class DetrSegmentationAdapter(DetrAdapter):
             label["masks"] = masks_at_input(instance_masks(target)[trained_instances(target)], image_mask)
         return labels
 
+    #: Not exported yet: the masks would need their upsampling and RLE outside the graph.
+    exported_output_names = ()
+
+    def exported_outputs(self, outputs: Any) -> tuple[torch.Tensor, ...]:
+        return OutputAdapter.exported_outputs(self, outputs)
+
     def format_predictions(self, outputs: Any, targets: list[DetectionTarget]) -> list[Detections]:
-        detections = super().format_predictions(outputs, targets)
-        for detection, logits, pred_masks, target in zip(detections, outputs.logits.float(), outputs.pred_masks, targets, strict=True):
-            queries, _, _ = self.ranked_detections(logits)
+        detections = DetrAdapter.format_exported(self, DetrAdapter.exported_outputs(self, outputs), targets)
+        ranked_queries, _, _ = self.ranked_detections(outputs.logits.float())
+        for detection, queries, pred_masks, target in zip(detections, ranked_queries, outputs.pred_masks, targets, strict=True):
             detection.masks, _, _ = masks_to_rles(pred_masks[queries], target.size)  # the boxes stay the box head's
         return detections
 
@@ -139,9 +157,9 @@ class SigmoidDetrAdapter(DetrAdapter):
         self.top_k = top_k
 
     def class_scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        num_classes = logits.shape[-1]
-        flat = logits.sigmoid().flatten()
-        scores, indices = flat.topk(min(self.top_k, flat.numel()))
+        num_queries, num_classes = logits.shape[-2:]
+        flat = logits.sigmoid().flatten(-2)
+        scores, indices = flat.topk(min(self.top_k, num_queries * num_classes), dim=-1)  # best first
         return indices // num_classes, indices % num_classes, scores
 
 

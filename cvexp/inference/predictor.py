@@ -61,7 +61,12 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> Predictor:
-        """Loads a model artifact directory or a Lightning checkpoint written by cvexp.train (nothing in it runs code)."""
+        """Loads a model artifact directory or a Lightning checkpoint written by cvexp.train (nothing in it runs code),
+        or a model exported by ``cvexp.export`` (``<artifact>/model.onnx``: run by onnxruntime, :mod:`cvexp.inference.onnx`)."""
+        if Path(path).suffix == ".onnx":
+            from cvexp.inference.onnx import OnnxPredictor
+
+            return OnnxPredictor.load(path, device)
         loaded: LoadedModel = load_model(path)
         return cls(loaded.model, loaded.image_processor, loaded.adapter, loaded.metadata, device)
 
@@ -97,9 +102,13 @@ class Predictor:
                     continue
                 pixel_mask = batch["pixel_mask"].to(self.device)
                 inputs = {"pixel_values": self.pixels.model_input(batch["pixel_values"].to(self.device), pixel_mask), "pixel_mask": pixel_mask}
-                outputs = self.model(**self.adapter.model_inputs(inputs, with_labels=False))
-                predictions += zip(self.adapter.format_predictions(outputs, batch["targets"]), batch["targets"], strict=True)
+                predictions += zip(self.run_model(self.adapter.model_inputs(inputs, with_labels=False), batch["targets"]), batch["targets"],
+                                   strict=True)  # fmt: skip
         return predictions
+
+    def run_model(self, inputs: dict[str, torch.Tensor], targets: list[Any]) -> list[Prediction]:
+        """The predictions of one batch's model ``inputs`` (normalised pixels, and the mask where the model takes one)."""
+        return self.adapter.format_predictions(self.model(**inputs), targets)
 
     def predict_dataset(self, dataset: Any, batch_size: int, num_workers: int = 0, description: str = "predicting") -> list[PredictedSample]:
         """Every sample of ``dataset`` (a dataset of :class:`~cvexp.data.targets.Sample`), batched and fed as in training."""

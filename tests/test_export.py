@@ -1,0 +1,127 @@
+"""ONNX export with the accuracy gate: the exported graph scores what the PyTorch model scores, a corrupted one is refused.
+
+Each model family is trained briefly here (no hub), exported by ``cvexp.export``, and run by
+onnxruntime through the one inference path (:class:`cvexp.inference.onnx.OnnxPredictor`): the
+detections must equal PyTorch's (scores and boxes to float tolerance) and the gated mAP must be
+within 0.005. A graph whose weights are damaged after export must fail the gate.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cvexp.deployment.export import EXPORT_INFO_FILE, accuracy_gate
+from cvexp.evaluation.evaluator import model_split
+from cvexp.inference.onnx import ONNX_FILE, OnnxPredictor, onnx_session
+from cvexp.inference.predictor import Predictor
+from cvexp.paths import CONFIG_DIR
+from cvexp.training import run_training
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is a dependency of cvexp (pyproject.toml): install the project with `make setup`")
+
+
+def _train(train_config, tmp_path: Path, model: str, overrides: list[str]) -> Path:
+    cfg = train_config([f"model={model}", "logger=none", "test_after_fit=false", "num_threads=2", f"paths.output_dir={tmp_path}/{model}", *overrides])
+    return run_training(cfg).artifact_dir
+
+
+def _export(artifact: Path, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "cvexp.export", f"ckpt_path={artifact}", f"hydra.run.dir={tmp_path}/export", "num_threads=2", *overrides]
+    return subprocess.run(command, capture_output=True, text=True, cwd=CONFIG_DIR.parent, timeout=900)
+
+
+def _same_detections(artifact: Path) -> None:
+    """PyTorch and onnxruntime give the same ranked detections on the stored data's val split."""
+    reference = Predictor.load(artifact, device="cpu")
+    exported = Predictor.load(artifact / ONNX_FILE)
+    assert isinstance(exported, OnnxPredictor)
+    dataset, _ = model_split(reference, None, "val", str(artifact))
+    images = [dataset[index].image for index in range(8)]
+    for ours, theirs in zip(reference.predict_images(images, batch_size=4), exported.predict_images(images, batch_size=3), strict=True):
+        np.testing.assert_allclose(theirs.scores.numpy(), ours.scores.numpy(), atol=1e-4)
+        # Each of the top 50 exported detections is one of PyTorch's: the same class, score and box. (Not at the same
+        # rank: a barely trained model scores many queries alike, and float noise may swap near-equal ones.)
+        rows = {name: np.c_[p.scores.numpy(), p.boxes.numpy(), p.category_ids.numpy()] for name, p in (("ours", ours), ("theirs", theirs))}
+        difference = np.abs(rows["theirs"][:50, None, :] - rows["ours"][None, :, :])
+        same = (difference[..., 0] < 1e-4) & (difference[..., 1:5] < 1e-2).all(-1) & (difference[..., 5] == 0)  # box: pixels of 96
+        assert same.any(axis=1).all(), f"exported detections that PyTorch does not make: {rows['theirs'][:50][~same.any(axis=1)][:3]}"
+
+
+@pytest.fixture(scope="module")
+def rt_detr_artifact(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> Path:
+    """The default (a tiny RT-DETR) trained for one epoch on the shapes (val mAP50 about 0.05), then exported."""
+    from tests.conftest import compose_train_config
+
+    root = tmp_path_factory.mktemp("export")
+    cfg = compose_train_config(root, shared_data_dir, ["logger=none", "test_after_fit=false", "trainer.max_epochs=1", "num_threads=2"])
+    artifact = run_training(cfg).artifact_dir
+    result = _export(artifact, root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "accuracy gate" in result.stdout and (artifact / ONNX_FILE).is_file()
+    return artifact
+
+
+def test_the_default_exports_within_the_gate_and_runs_through_evaluate(rt_detr_artifact: Path, tmp_path: Path) -> None:
+    info = json.loads((rt_detr_artifact / EXPORT_INFO_FILE).read_text())
+    gate = info["gate"]
+    assert gate["passed"] and gate["pytorch"]["map_50"] > 0.02, gate  # several times the tolerance: a corrupted graph must show
+    for metric in ("map", "map_50"):
+        assert abs(gate["exported"][metric] - gate["pytorch"][metric]) <= 0.005
+    assert info["inputs"] == ["pixel_values"] and info["outputs"] == ["boxes", "scores", "labels"]
+    _same_detections(rt_detr_artifact)
+    # cvexp.evaluate runs the exported file itself, through onnxruntime.
+    command = [sys.executable, "-m", "cvexp.evaluate", f"ckpt_path={rt_detr_artifact / ONNX_FILE}", "split=val", "logger=none",
+               f"hydra.run.dir={tmp_path}/evaluate"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=CONFIG_DIR.parent, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The same split and batches as the gate's: the same number, up to the order of onnxruntime's float sums.
+    assert json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["map_50"] == pytest.approx(gate["exported"]["map_50"], abs=1e-4)
+
+
+def test_a_corrupted_export_fails_the_gate(rt_detr_artifact: Path, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(rt_detr_artifact / ONNX_FILE))
+    generator = np.random.default_rng(0)
+    for initializer in graph.graph.initializer:  # every large weight tensor perturbed by its own spread
+        values = numpy_helper.to_array(initializer)
+        if values.dtype == np.float32 and values.size >= 1024:
+            noisy = values + generator.normal(0, values.std() * 0.5, values.shape).astype(np.float32)
+            initializer.CopyFrom(numpy_helper.from_array(noisy, initializer.name))
+    corrupted = tmp_path / "corrupted.onnx"
+    onnx.save(graph, str(corrupted))
+    reference = Predictor.load(rt_detr_artifact, device="cpu")
+    damaged = OnnxPredictor(onnx_session(corrupted), reference.image_processor, reference.adapter, reference.metadata)
+    dataset, _ = model_split(reference, None, "val", str(rt_detr_artifact))
+    result = accuracy_gate(reference, damaged, dataset, 16, ["map", "map_50"], 0.005, "val")
+    assert not result.passed, result
+    assert result.pytorch["map_50"] - result.exported["map_50"] > 0.005
+
+
+def test_a_refused_export_writes_nothing_and_exits_non_zero(rt_detr_artifact: Path, tmp_path: Path) -> None:
+    """The refusal path of the job: a gate that nothing passes (a negative tolerance) leaves no file behind."""
+    before = (rt_detr_artifact / ONNX_FILE).stat().st_mtime_ns
+    result = _export(rt_detr_artifact, tmp_path, "gate.tolerance=-1")
+    assert result.returncode != 0
+    assert "refused by the accuracy gate" in result.stdout + result.stderr
+    assert not (rt_detr_artifact / f"{ONNX_FILE}.partial").exists()
+    assert (rt_detr_artifact / ONNX_FILE).stat().st_mtime_ns == before  # the earlier, gated export is untouched
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["detr", "conditional_detr"])
+def test_other_families_export_within_the_gate(model: str, train_config, tmp_path: Path) -> None:
+    """DETR (softmax scoring, a pixel mask input) and Conditional DETR (sigmoid top-k): exported, gated, the same detections."""
+    artifact = _train(train_config, tmp_path, model, ["debug=smoke"])
+    result = _export(artifact, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    gate = json.loads((artifact / EXPORT_INFO_FILE).read_text())["gate"]
+    assert all(abs(gate["exported"][m] - gate["pytorch"][m]) <= 0.005 for m in ("map", "map_50")), gate
+    _same_detections(artifact)
