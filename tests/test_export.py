@@ -125,3 +125,48 @@ def test_other_families_export_within_the_gate(model: str, train_config, tmp_pat
     gate = json.loads((artifact / EXPORT_INFO_FILE).read_text())["gate"]
     assert all(abs(gate["exported"][m] - gate["pytorch"][m]) <= 0.005 for m in ("map", "map_50")), gate
     _same_detections(artifact)
+
+
+def test_the_registered_export_is_served_by_onnxruntime_over_http(rt_detr_artifact: Path, shared_data_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """cvexp.register of model.onnx: the pyfunc runs the export (onnxruntime pinned), and answers like the exported model in-process."""
+    import requests
+
+    import cvexp
+    from cvexp.deployment.pyfunc import encode_image_file
+    from cvexp.deployment.serving import mlflow_model_server
+    from cvexp.tasks.detection import DetectionTask
+    from tests.test_deployment import _assert_same_detections
+
+    monkeypatch.setenv("CVEXP_ROOT", str(tmp_path))
+    registered = cvexp.run("register", [f"ckpt_path={rt_detr_artifact / ONNX_FILE}", "registry.model_name=cvexp-onnx"])
+    assert registered.artifact_dir == rt_detr_artifact
+    from mlflow.artifacts import download_artifacts
+
+    local = Path(download_artifacts(artifact_uri=f"{registered.model_uri}/requirements.txt", dst_path=str(tmp_path),
+                                    tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow/mlflow.db"))  # fmt: skip
+    requirements = local.read_text()
+    assert "onnxruntime==" in requirements, requirements
+    import mlflow.pyfunc
+    import pandas as pd
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow/mlflow.db")
+    loaded = mlflow.pyfunc.load_model(registered.model_uri)
+    loaded.predict(pd.DataFrame({"image": [encode_image_file(sorted((shared_data_dir / "shapes" / "test").glob("*.png"))[0])]}))
+    assert isinstance(loaded.unwrap_python_model().predictor, OnnxPredictor)  # the export runs, not the PyTorch weights beside it
+
+    exported = Predictor.load(rt_detr_artifact / ONNX_FILE)
+    paths = sorted((shared_data_dir / "shapes" / "test").glob("*.png"))[:3]
+    from PIL import Image
+
+    names = {c.id: c.name for c in exported.label_map.categories}
+    expected = [DetectionTask().response(p, names, {"score_threshold": 0.05})
+                for p in exported.predict_images([np.asarray(Image.open(path).convert("RGB")) for path in paths])]  # fmt: skip
+    assert sum(map(len, expected)) > 0
+    payload = {"dataframe_split": {"columns": ["image"], "data": [[encode_image_file(p)] for p in paths]}, "params": {"score_threshold": 0.05}}
+    with mlflow_model_server(registered.model_uri, tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow/mlflow.db",
+                             log_path=tmp_path / "server.log") as server:  # fmt: skip
+        response = requests.post(f"{server.url}/invocations", json=payload, timeout=120)
+    assert response.status_code == 200, response.text
+    for actual, wanted in zip(response.json()["predictions"], expected, strict=True):
+        _assert_same_detections(actual, wanted)

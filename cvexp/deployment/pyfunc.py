@@ -165,10 +165,14 @@ class CvexpModel(mlflow.pyfunc.PythonModel):
         max_request_bytes: a request body above it is refused (413).
         max_batch_size: the most images, from one request or several concurrent ones, in one forward
             pass (:class:`~cvexp.deployment.batching.RequestBatcher`).
+        model_file: the file of the model artifact to run, when not its PyTorch weights (``model.onnx``,
+            written by ``cvexp.export``: served by onnxruntime).
     """
 
     def __init__(self, score_threshold: float = DEFAULT_SCORE_THRESHOLD, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                 max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:  # fmt: skip
+                 max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 model_file: str | None = None) -> None:  # fmt: skip
+        self.model_file = model_file
         self.score_threshold = score_threshold
         self.max_image_pixels = max_image_pixels
         self.max_request_bytes = max_request_bytes
@@ -183,7 +187,9 @@ class CvexpModel(mlflow.pyfunc.PythonModel):
         from cvexp.inference.predictor import Predictor
 
         def load() -> Any:  # on the model thread, where every forward pass runs too
-            self.predictor = Predictor.load(context.artifacts[MODEL_ARTIFACT], device="cpu")
+            artifact = Path(context.artifacts[MODEL_ARTIFACT])
+            model_file = getattr(self, "model_file", None)  # None in models logged before exports
+            self.predictor = Predictor.load(artifact / model_file if model_file else artifact, device="cpu")
             return lambda images: self.predictor.predict_images(images, batch_size=len(images))
 
         # Models logged before request batching have no max_batch_size: they get the default.
@@ -216,10 +222,11 @@ def pyfunc_model_arguments(predictor: Any, artifact_dir: Path, example_image: Pa
     # Threshold 0 for the example output only: it shows the record fields even for a weak model.
     example_output = [predictor.task.response(p, names, {"score_threshold": 0.0}) for p in predictor.predict_images(decode_images(example))]
     return {
-        "python_model": CvexpModel(score_threshold, max_image_pixels, max_request_bytes, max_batch_size),
+        "python_model": CvexpModel(score_threshold, max_image_pixels, max_request_bytes, max_batch_size, predictor.model_file),
         "artifacts": {MODEL_ARTIFACT: str(artifact_dir)},
         "signature": infer_signature(example, example_output, params={"score_threshold": score_threshold}),
         "input_example": example,
         # Pinned to this environment; cvexp itself must be installed where the model is served.
-        "pip_requirements": [f"{package}=={version(package)}" for package in ("mlflow", "torch", "transformers", "pillow", "pandas")],
+        "pip_requirements": [f"{package}=={version(package)}" for package in ("mlflow", "torch", "transformers", "pillow", "pandas",
+                                                                              *predictor.runtime_requirements)],
     }

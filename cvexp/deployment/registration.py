@@ -137,7 +137,10 @@ def run_registration(cfg: DictConfig) -> RegistrationSummary:
     predictor = Predictor.load(cfg.ckpt_path, device=device)
     if registry.get("model_name") is None:
         registry.model_name = f"cvexp-{predictor.task.name}"  # a champion is only ever compared with models of its task
-    artifact_dir = Path(cfg.ckpt_path) if Path(cfg.ckpt_path).is_dir() else predictor.save(output_dir / ARTIFACT_DIR)
+    if predictor.model_file:  # an export (cvexp.export): logged with the artifact it lies in, and served by its runtime
+        artifact_dir = Path(cfg.ckpt_path).parent
+    else:
+        artifact_dir = Path(cfg.ckpt_path) if Path(cfg.ckpt_path).is_dir() else predictor.save(output_dir / ARTIFACT_DIR)
 
     # Default: the metric the model's training kept its best checkpoint by (its task's, e.g. val/map, val/accuracy).
     metric_name = str(cfg.metric or predictor.config.get("optimized_metric") or f"val/{predictor.task.headline[0]}")

@@ -42,8 +42,12 @@ class OnnxPredictor(Predictor):
         image_processor, adapter, metadata: those of the artifact the graph was exported from.
     """
 
-    def __init__(self, session: Any, image_processor: Any, adapter: Any, metadata: Any) -> None:
+    #: What serving this predictor needs besides cvexp's own requirements (the served pyfunc pins it).
+    runtime_requirements = ("onnxruntime",)
+
+    def __init__(self, session: Any, image_processor: Any, adapter: Any, metadata: Any, model_file: str | None = ONNX_FILE) -> None:
         super().__init__(torch.nn.Identity(), image_processor, adapter, metadata, device="cpu")
+        self.model_file = model_file
         self.session = session
         self.input_names = [node.name for node in session.get_inputs()]
         self.output_names = [node.name for node in session.get_outputs()]
@@ -56,7 +60,7 @@ class OnnxPredictor(Predictor):
             raise ArtifactError(f"ckpt_path={path}: no such file. Fix: export the model first (python -m cvexp.export "
                                 "ckpt_path=<run dir>/model), then point at <run dir>/model/model.onnx.")  # fmt: skip
         loaded = load_artifact(location.parent, weights=False)
-        return cls(onnx_session(location, device), loaded.image_processor, loaded.adapter, loaded.metadata)
+        return cls(onnx_session(location, device), loaded.image_processor, loaded.adapter, loaded.metadata, location.name)
 
     def run_model(self, inputs: dict[str, torch.Tensor], targets: list[Any]) -> list[Prediction]:
         feed = {name: inputs[name].cpu().numpy() for name in self.input_names}

@@ -46,7 +46,12 @@ class Predictor:
     Attributes:
         task: the model's task (:mod:`cvexp.tasks`), as its metadata names it: how its predictions
             are scored, reported, served and monitored.
+        model_file: the file in the model artifact that runs, when not its PyTorch weights (an export: ``model.onnx``).
     """
+
+    #: What serving this predictor needs besides cvexp's own requirements (the served pyfunc pins it).
+    runtime_requirements: tuple[str, ...] = ()
+    model_file: str | None = None
 
     def __init__(self, model: Any, image_processor: Any, adapter: OutputAdapter, metadata: ModelMetadata,
                  device: str | torch.device = "auto") -> None:  # fmt: skip
