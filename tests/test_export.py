@@ -105,6 +105,7 @@ def test_a_corrupted_export_fails_the_gate(rt_detr_artifact: Path, tmp_path: Pat
     assert result.pytorch["map_50"] - result.exported["map_50"] > 0.005
 
 
+@pytest.mark.long  # a second export (40 s): the gate's verdict itself is tested in-process above
 def test_a_refused_export_writes_nothing_and_exits_non_zero(rt_detr_artifact: Path, tmp_path: Path) -> None:
     """The refusal path of the job: a gate that nothing passes (a negative tolerance) leaves no file behind."""
     before = (rt_detr_artifact / ONNX_FILE).stat().st_mtime_ns
@@ -115,7 +116,7 @@ def test_a_refused_export_writes_nothing_and_exits_non_zero(rt_detr_artifact: Pa
     assert (rt_detr_artifact / ONNX_FILE).stat().st_mtime_ns == before  # the earlier, gated export is untouched
 
 
-@pytest.mark.slow
+@pytest.mark.long  # two trainings and exports (2.5 min): CI's time is spent on the default's export above
 @pytest.mark.parametrize("model", ["detr", "conditional_detr"])
 def test_other_families_export_within_the_gate(model: str, train_config, tmp_path: Path) -> None:
     """DETR (softmax scoring, a pixel mask input) and Conditional DETR (sigmoid top-k): exported, gated, the same detections."""
@@ -127,6 +128,7 @@ def test_other_families_export_within_the_gate(model: str, train_config, tmp_pat
     _same_detections(artifact)
 
 
+@pytest.mark.long  # a registration and a model server (1 min)
 def test_the_registered_export_is_served_by_onnxruntime_over_http(rt_detr_artifact: Path, shared_data_dir: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """cvexp.register of model.onnx: the pyfunc runs the export (onnxruntime pinned), and answers like the exported model in-process."""
