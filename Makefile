@@ -26,7 +26,8 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow $(ARGS)
 
-# The longest drills (kill -9 and resume, the serving load test): run before a release, not in CI.
+# The longest drills (learning runs per task, kill -9 and resume, the serving load test, the notebooks, the
+# exports of more families): run before a release, not in CI.
 test-long: setup
 	$(PY) -m pytest -m long $(ARGS)
 
