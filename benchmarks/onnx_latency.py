@@ -33,8 +33,7 @@ WARMUP = 5
 def model_inputs(predictor: Predictor, samples: list) -> tuple[dict[str, torch.Tensor], list]:
     """A batch of ``samples`` as the model's inputs (what ``predict_batches`` hands to ``run_model``) and its targets."""
     batch = predictor.collator(samples)
-    pixel_values = predictor.pixels.model_input(batch["pixel_values"], batch["pixel_mask"])
-    return predictor.adapter.model_inputs({"pixel_values": pixel_values, "pixel_mask": batch["pixel_mask"]}, with_labels=False), batch["targets"]
+    return predictor.model_inputs(batch), batch["targets"]
 
 
 def main() -> None:

@@ -81,13 +81,18 @@ class DetrAdapter(OutputAdapter):
         scores, order = scores.topk(scores.shape[-1], dim=-1)
         return queries.gather(-1, order), labels.gather(-1, order), scores
 
+    def ranked_boxes(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The query of each ranked detection ``(B, K)``, and :meth:`exported_outputs`' boxes, scores and labels."""
+        queries, labels, scores = self.ranked_detections(outputs.logits.float())
+        cx, cy, w, h = outputs.pred_boxes.float().gather(1, queries[..., None].expand(-1, -1, 4)).unbind(-1)
+        return queries, torch.stack([cx - w / 2, cy - h / 2, w, h], dim=-1), scores, labels
+
     def exported_outputs(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``boxes`` ``(B, K, 4)`` as ``[x, y, width, height]`` in fractions of each image's width and height (the
         model's own normalisation: multiply by an image's size, whatever it was resized to), ``scores`` ``(B, K)``,
         best first, and ``labels`` ``(B, K)``, the contiguous class indices."""
-        queries, labels, scores = self.ranked_detections(outputs.logits.float())
-        cx, cy, w, h = outputs.pred_boxes.float().gather(1, queries[..., None].expand(-1, -1, 4)).unbind(-1)
-        return torch.stack([cx - w / 2, cy - h / 2, w, h], dim=-1), scores, labels
+        _, boxes, scores, labels = self.ranked_boxes(outputs)
+        return boxes, scores, labels
 
     def format_exported(self, exported: Sequence[torch.Tensor], targets: list[DetectionTarget]) -> list[Detections]:
         boxes, scores, labels = (torch.as_tensor(array) for array in exported)
@@ -132,8 +137,8 @@ class DetrSegmentationAdapter(DetrAdapter):
         return OutputAdapter.exported_outputs(self, outputs)
 
     def format_predictions(self, outputs: Any, targets: list[DetectionTarget]) -> list[Detections]:
-        detections = DetrAdapter.format_exported(self, DetrAdapter.exported_outputs(self, outputs), targets)
-        ranked_queries, _, _ = self.ranked_detections(outputs.logits.float())
+        ranked_queries, *exported = self.ranked_boxes(outputs)  # ranked once, for the boxes and the masks
+        detections = self.format_exported(exported, targets)
         for detection, queries, pred_masks, target in zip(detections, ranked_queries, outputs.pred_masks, targets, strict=True):
             detection.masks, _, _ = masks_to_rles(pred_masks[queries], target.size)  # the boxes stay the box head's
         return detections

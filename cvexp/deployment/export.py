@@ -48,28 +48,26 @@ class ExportedGraph(torch.nn.Module):
         self.model = model
         self.adapter = adapter
 
-    @property
-    def input_names(self) -> list[str]:
-        return ["pixel_values", "pixel_mask"] if self.adapter.pass_pixel_mask else ["pixel_values"]
-
     def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        inputs = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
-        return self.adapter.exported_outputs(self.model(**{name: inputs[name] for name in self.input_names}))
+        # The adapter says which inputs the model takes (a pixel mask or not), as in every other forward pass.
+        inputs = self.adapter.model_inputs({"pixel_values": pixel_values, "pixel_mask": pixel_mask}, with_labels=False)
+        return self.adapter.exported_outputs(self.model(**inputs))
 
 
 def export_onnx(model: torch.nn.Module, adapter: Any, example: dict[str, torch.Tensor], path: Path, opset: int) -> Path:
-    """Traces the model and its adapter's post-processing on ``example`` (a batch's model inputs) to ONNX at ``path``."""
+    """Traces the model and its adapter's post-processing on ``example`` (a batch's model inputs, ``Predictor.model_inputs``:
+    the graph's inputs are its keys) to ONNX at ``path``."""
     if not adapter.exported_output_names:
         adapter.exported_outputs(None)  # raises, naming the adapter that cannot export
     graph = ExportedGraph(model, adapter).eval()
-    inputs = {name: example[name] for name in graph.input_names}
+    inputs = dict(example)
     # Batch, height and width vary (the DETR family's processor pads to the largest image of a batch): the last two axes are H, W.
     dynamic = {name: {axis: torch.export.Dim.DYNAMIC for axis in (0, tensor.dim() - 2, tensor.dim() - 1)} for name, tensor in inputs.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     # The exporter's graph passes log every initializer they merge (thousands of lines) at INFO.
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)
     with torch.no_grad():
-        torch.onnx.export(graph, (), str(path), kwargs=inputs, dynamo=True, input_names=graph.input_names,
+        torch.onnx.export(graph, (), str(path), kwargs=inputs, dynamo=True, input_names=list(inputs),
                           output_names=list(adapter.exported_output_names), dynamic_shapes=dynamic, opset_version=opset,
                           external_data=False, verbose=False)  # fmt: skip
     return path
@@ -137,8 +135,7 @@ def run_export(cfg: DictConfig) -> GateResult:
     dataset, data_cfg = model_split(reference, cfg.get("data"), cfg.gate.split, str(artifact))
     batch_size = int(cfg.get("batch_size") or data_cfg.get("batch_size") or 8)
     example = next(iter(torch.utils.data.DataLoader(dataset, batch_size=min(batch_size, len(dataset)), collate_fn=reference.collator)))
-    inputs = reference.adapter.model_inputs({"pixel_values": reference.pixels.model_input(example["pixel_values"], example["pixel_mask"]),
-                                             "pixel_mask": example["pixel_mask"]}, with_labels=False)  # fmt: skip
+    inputs = reference.model_inputs(example)
     final = artifact / ONNX_FILE
     partial = artifact / f"{ONNX_FILE}.partial"
     export_onnx(reference.model, reference.adapter, inputs, partial, int(cfg.opset))
@@ -151,7 +148,7 @@ def run_export(cfg: DictConfig) -> GateResult:
                               f"against the PyTorch model on the {cfg.gate.split} split (tolerance {cfg.gate.tolerance}); nothing was written. "
                               "Fix: another opset (opset=...), or report the model family (docs/models.md, 'Export').")  # fmt: skip
     os.replace(partial, final)
-    info = {"file": ONNX_FILE, "format": "onnx", "opset": int(cfg.opset), "inputs": ExportedGraph(reference.model, reference.adapter).input_names,
+    info = {"file": ONNX_FILE, "format": "onnx", "opset": int(cfg.opset), "inputs": list(inputs),
             "outputs": list(reference.adapter.exported_output_names), "torch": torch.__version__, "gate": {**asdict(result), "passed": True}}  # fmt: skip
     (artifact / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2))
     print(f"exported {final} ({final.stat().st_size / 2**20:.1f} MiB); evaluate or predict with ckpt_path={final}")

@@ -105,11 +105,14 @@ class Predictor:
             for batch in iterator:
                 if "pixel_values" not in batch:  # every image of it unreadable (data.on_invalid=skip): nothing to predict
                     continue
-                pixel_mask = batch["pixel_mask"].to(self.device)
-                inputs = {"pixel_values": self.pixels.model_input(batch["pixel_values"].to(self.device), pixel_mask), "pixel_mask": pixel_mask}
-                predictions += zip(self.run_model(self.adapter.model_inputs(inputs, with_labels=False), batch["targets"]), batch["targets"],
-                                   strict=True)  # fmt: skip
+                predictions += zip(self.run_model(self.model_inputs(batch), batch["targets"]), batch["targets"], strict=True)
         return predictions
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """A collated batch as the model's forward takes it, on its device: normalised pixels, and the mask where the model takes one."""
+        pixel_mask = batch["pixel_mask"].to(self.device)
+        inputs = {"pixel_values": self.pixels.model_input(batch["pixel_values"].to(self.device), pixel_mask), "pixel_mask": pixel_mask}
+        return self.adapter.model_inputs(inputs, with_labels=False)
 
     def run_model(self, inputs: dict[str, torch.Tensor], targets: list[Any]) -> list[Prediction]:
         """The predictions of one batch's model ``inputs`` (normalised pixels, and the mask where the model takes one)."""
