@@ -69,3 +69,22 @@ def train_config(tmp_path: Path, shared_data_dir: Path):
 
     yield factory
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def smoke_artifact(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> Path:
+    """The model artifact of one smoke training of the default model on the shapes data (no MLflow), for tests
+    that need a trained model but not a particular one."""
+    from cvexp.training import run_training
+
+    root = tmp_path_factory.mktemp("smoke-artifact")
+    summary = run_training(compose_train_config(root, shared_data_dir, ["debug=smoke", "logger=none", "test_after_fit=false"]))
+    GlobalHydra.instance().clear()
+    return summary.artifact_dir
+
+
+def running_processes(name: str) -> int:
+    """How many processes of this machine run the program ``name`` (e.g. ``raylet``, ``java``)."""
+    import subprocess
+
+    return subprocess.run(["ps", "-eo", "comm"], capture_output=True, text=True, check=True).stdout.split().count(name)

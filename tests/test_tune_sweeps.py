@@ -27,13 +27,9 @@ from cvexp.tuning import (
     trial_overrides,
     trial_resource_request,
 )
+from tests.conftest import running_processes
 
 MAX_EPOCHS = 4
-
-
-def _raylets() -> int:
-    ps = subprocess.run(["ps", "-eo", "comm"], capture_output=True, text=True).stdout.split()
-    return sum(1 for name in ps if name == "raylet")
 
 
 def _run_asha_sweep(tmp_path: Path, data_dir: Path, *overrides: str, sweeper: str = "asha") -> tuple[Path, str]:
@@ -71,7 +67,7 @@ def _ranking(sweep_dir: Path) -> dict[str, dict[str, str]]:
 
 @pytest.mark.slow
 def test_an_asha_sweep_stops_bad_trials_early_and_writes_the_best_config(tmp_path: Path, shared_data_dir: Path) -> None:
-    raylets_before = _raylets()
+    raylets_before = running_processes("raylet")
     sweep_dir, stdout = _run_asha_sweep(tmp_path, shared_data_dir)
 
     epochs = _epochs_reached(sweep_dir)
@@ -105,12 +101,12 @@ def test_an_asha_sweep_stops_bad_trials_early_and_writes_the_best_config(tmp_pat
     assert cfg.optimizer.lr == 0.001
     GlobalHydra.instance().clear()
 
-    assert _raylets() <= raylets_before  # the sweep's local Ray cluster is gone
+    assert running_processes("raylet") <= raylets_before  # the sweep's local Ray cluster is gone
 
 
 @pytest.mark.long  # about 4 minutes: CI runs the single-process ASHA test above
 def test_asha_stops_trials_that_train_with_ray_train_workers(tmp_path: Path, shared_data_dir: Path) -> None:
-    raylets_before = _raylets()
+    raylets_before = running_processes("raylet")
     # The preset as shipped: one trial at a time, each a Ray Train run of two DDP workers (the two CPUs).
     # In grid order, 1e-3 sets the first rung; the others trail it there. A stopped trial's Ray Train
     # run is killed with it and leaves its placement group holding both CPUs: the sweep's reaper must
@@ -145,7 +141,7 @@ def test_asha_stops_trials_that_train_with_ray_train_workers(tmp_path: Path, sha
     freed = re.search(r"Freed the Ray Train workers' resources of (\d+) stopped trial", stdout)
     assert freed and int(freed.group(1)) == len(stopped), freed
     assert "ranked by val/loss" in stdout
-    assert _raylets() <= raylets_before
+    assert running_processes("raylet") <= raylets_before
 
 
 def test_a_ray_train_trial_must_fit_the_cluster() -> None:

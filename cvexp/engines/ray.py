@@ -24,6 +24,7 @@ from typing import Any
 import lightning as L
 
 from cvexp.engines.local import FitResult, LocalEngine
+from cvexp.engines.ray_cluster import RayCluster
 from cvexp.engines.ray_startup import FIRST_STEP_MARKER, StartupWatch, start_autoscaling_coordinator
 from cvexp.engines.ray_worker import CHECKPOINT_FILE, train_worker
 
@@ -40,10 +41,9 @@ class RayEngine:
         num_workers: training processes (DDP ranks).
         use_gpu: one GPU per worker (``gpus_per_worker``); otherwise CPU workers with the gloo backend.
         cpus_per_worker, gpus_per_worker: Ray resources each worker reserves.
-        address: ``None`` starts a fresh local cluster (stopped again after training); ``auto`` joins
-            the cluster this machine belongs to; ``ray://host:10001`` a remote one. Ignored when Ray is
-            already initialised in this process (e.g. a job of ``hydra/launcher=ray``).
-        init: further ``ray.init`` arguments (e.g. ``num_cpus`` for a fresh cluster, ``runtime_env``).
+        cluster: where the run happens (the ``ray`` config group, :mod:`cvexp.engines.ray_cluster`):
+            a fresh local cluster (``None``, the default), an existing one, or Ray started on Spark.
+            Ray already initialised in this process (a job of ``hydra/launcher=ray_jobs``) is used as is.
         storage_path: where Ray Train writes its checkpoints; shared storage (NFS, ``s3://``,
             ``/dbfs/...``) on a multi-node cluster.
         name: the Ray Train run's folder under ``storage_path``; ``None``: a new unique name. Reusing
@@ -76,8 +76,7 @@ class RayEngine:
         use_gpu: bool = False,
         cpus_per_worker: float = 1,
         gpus_per_worker: float = 1,
-        address: str | None = None,
-        init: dict[str, Any] | None = None,
+        cluster: RayCluster | None = None,
         storage_path: str | None = None,
         name: str | None = None,
         checkpoints_to_keep: int | None = 2,
@@ -109,8 +108,7 @@ class RayEngine:
         self.use_gpu = bool(use_gpu)
         self.cpus_per_worker = cpus_per_worker
         self.gpus_per_worker = gpus_per_worker
-        self.address = address
-        self.init = dict(init or {})
+        self.cluster = cluster or RayCluster()
         self.storage_path = storage_path
         self.name = name
         self.checkpoints_to_keep = checkpoints_to_keep
@@ -130,8 +128,7 @@ class RayEngine:
         from ray.train.torch import TorchTrainer
 
         cluster_started = time.time()
-        started_here = self._connect()
-        try:
+        with self.cluster:
             start_autoscaling_coordinator()
             resources = {"CPU": self.cpus_per_worker} | ({"GPU": self.gpus_per_worker} if self.use_gpu else {})
             name = self.name or f"cvexp-{time.strftime('%Y-%m-%d_%H-%M-%S')}-{uuid.uuid4().hex[:6]}"
@@ -175,7 +172,7 @@ class RayEngine:
             startup_seconds = watch.first_step_seconds()
             if startup_seconds is not None:
                 log.info("Ray Train: the first training step began %.1f s after the cluster %s", startup_seconds,
-                         "started" if started_here else "was joined")  # fmt: skip
+                         "started" if self.cluster.started_here else "was joined")  # fmt: skip
             log.info("Ray Train run %s finished: %s", name, result.path)
             best = None
             if self.checkpoint_score_attribute:
@@ -191,9 +188,6 @@ class RayEngine:
                 trainer=None,
                 startup_seconds=startup_seconds,
             )
-        finally:
-            if started_here:
-                ray.shutdown()
 
     def test(
         self, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None = None
@@ -211,18 +205,6 @@ class RayEngine:
             callbacks=self.callbacks, logger=self.logger, precision=self.precision, devices=1, **self.trainer_options
         )
         return local.test(module, datamodule, ckpt_path=ckpt_path)
-
-    def _connect(self) -> bool:
-        """Connects to (or starts) the Ray cluster; True when this call started it."""
-        import ray
-
-        if ray.is_initialized():
-            return False
-        # A bare ray.init() would join whatever local cluster an earlier process left running. The
-        # dashboard starts as Ray chooses: without it, Ray Train's placement-group cleaner cannot ask
-        # the State API whether the run is alive and warns about it every second.
-        ray.init(address=self.address or "local", **self.init)
-        return True
 
     def _logger_for_workers(self) -> Any:
         # Open the run on the driver first, so that every worker (and every restart) logs into it.
