@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Offline by default: the quickstart and the tests build every model from its config.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup train test test-slow test-long benchmark clean
+.PHONY: setup setup-spark train test test-slow test-spark test-long benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -17,14 +17,25 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
+# pyspark (the spark extra) for ray=spark outside Databricks and for make test-spark.
+setup-spark: $(VENV)/.installed-spark
+
+$(VENV)/.installed-spark: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,spark]"
+	touch $@
+
 train: setup
 	$(PY) -m cvexp.train $(ARGS)
 
 test: setup
-	$(PY) -m pytest -m "not slow and not long" $(ARGS)
+	$(PY) -m pytest -m "not slow and not long and not spark" $(ARGS)
 
 test-slow: setup
-	$(PY) -m pytest -m slow $(ARGS)
+	$(PY) -m pytest -m "slow and not spark" $(ARGS)
+
+# trainer=ray_on_spark and engine=ray on Ray on a Spark standalone master and worker started on 127.0.0.1 (Java 17).
+test-spark: setup-spark
+	$(PY) -m pytest -m spark $(ARGS)
 
 # The longest drills (learning runs per task, kill -9 and resume, the serving load test, the notebooks, the
 # exports of more families): run before a release, not in CI.
