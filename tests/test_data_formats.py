@@ -299,7 +299,7 @@ def test_convert_writes_coco_that_data_coco_reads(tmp_path: Path) -> None:
 
 
 @needs_rbc
-@pytest.mark.slow
+@pytest.mark.long  # two trainings on RBC cells (1 min): make test-long; CI checks the boxes of the round trip (above)
 def test_training_on_the_yolo_copy_of_rbc_logs_the_losses_of_the_original(tmp_path: Path, train_config) -> None:
     """Same seed, same settings, the same samples: the first 20 training losses agree (the boxes differ by YOLO's rounding, < 1e-3 px)."""
     from mlflow.tracking import MlflowClient

@@ -92,6 +92,7 @@ def test_two_ray_workers_train_one_mlflow_run_with_local_metric_names(train_conf
     assert "Failed to send resource request" not in output.err + output.out
 
 
+@pytest.mark.long  # three Ray runs (2 min): make test-long; CI trains detection with Ray (above) and every task locally
 @pytest.mark.parametrize(("task", "metric"), [("classification", "accuracy"), ("semantic_segmentation", "miou"), ("instance_segmentation", "mask_map")])
 def test_two_ray_workers_train_the_other_tasks(train_config, tmp_path: Path, task: str, metric: str) -> None:
     """The same Ray Train path trains every task: two DDP ranks, one MLflow run, the task's metric, its artifact."""
