@@ -13,6 +13,7 @@ table into docs/benchmarks.md (section ``batch-prediction``).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -86,9 +87,10 @@ def main() -> None:
                 print(f"repeat {repeat + 1}: {name}: {whole:.1f} s in all, {steady:.2f} images/s steady", flush=True)
 
     local_steady = statistics.median(steady for _, steady in figures["local (2 threads)"])
+    metadata = json.loads((Path(args.model) / "cvexp.json").read_text())
     lines = [
-        f"{args.images} images (RBC cells, 640x480 JPEG), batch {args.batch_size}, model `{Path(args.model).name}` at its "
-        f"image size; medians of {args.repeats} repeats, engines alternating; 2 CPU cores.",
+        f"{args.images} images (RBC cells, 640x480 JPEG), batch {args.batch_size}, {metadata['model_class'].split('.')[-1]} "
+        f"at {metadata['image_size']} px; medians of {args.repeats} repeats, engines alternating; 2 CPU cores.",
         "",
         "| engine | whole run (s) | runs | images/s, whole run | images/s, steady | runs | steady vs local |",
         "|---|---|---|---|---|---|---|",

@@ -8,7 +8,7 @@ shapes test split: over HTTP (JSON encoding, the scoring server, the model) and 
 ones. The in-process side runs in a fresh process that only loads the pyfunc model and predicts, as
 a user's script would (this process has run torch on its own thread, which would slow the model
 thread down: cvexp/deployment/batching.py). Writes its table into docs/benchmarks.md (section
-``serving-latency``).
+``serving-latency``, or ``serving-latency-onnx`` for an export).
 
     python benchmarks/serving_latency.py [--model PATH] [--requests 40] [--no-write]
 """
@@ -71,7 +71,8 @@ def in_process_durations(model_dir: str, encoded: list[str], batches: tuple[int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="a model artifact, <run dir>/model (default: the newest)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a model artifact, <run dir>/model (default: the newest), or its export, <run dir>/model/model.onnx")
     parser.add_argument("--images", type=Path, default=REPO / "outputs" / "datasets" / "shapes" / "test", help="a folder of images")
     parser.add_argument("--requests", type=int, default=40, help="timed requests per row (after 3 warm-up ones)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
@@ -88,7 +89,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "pyfunc"
-        mlflow.pyfunc.save_model(str(model_dir), **pyfunc_model_arguments(predictor, artifact, paths[0], 0.5))
+        # An export is logged with the artifact folder it lies in, as cvexp.register logs it.
+        artifact_dir = artifact.parent if artifact.suffix == ".onnx" else artifact
+        mlflow.pyfunc.save_model(str(model_dir), **pyfunc_model_arguments(predictor, artifact_dir, paths[0], 0.5))
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             in_process = pool.apply(in_process_durations, (str(model_dir), encoded, (1, 8), args.requests))
         with mlflow_model_server(str(model_dir)) as server, requests.Session() as session:
@@ -108,7 +111,8 @@ def main() -> None:
              "the server runs one uvicorn worker on the same machine.", "",
              "| path | images per request | p50 ms per request | p95 ms per request | p50 ms per image |", "|---|---:|---:|---:|---:|"]  # fmt: skip
     lines += [f"| {name} | {batch} | {p50:.1f} | {p95:.1f} | {per_image:.1f} |" for name, batch, p50, p95, per_image in rows]
-    publish("\n".join(lines), "serving-latency", write=not args.no_write)
+    # An export is served by onnxruntime (cvexp.register of model.onnx): a section of its own, beside the PyTorch one.
+    publish("\n".join(lines), "serving-latency-onnx" if artifact.suffix == ".onnx" else "serving-latency", write=not args.no_write)
 
 
 if __name__ == "__main__":
