@@ -18,6 +18,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from cvexp.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -104,7 +106,7 @@ class RayOnSpark(RayCluster):
     ) -> None:
         super().__init__(address=None, init=init)
         if num_gpus_worker_node is not None and num_cpus_worker_node is None:
-            raise ValueError("ray.num_gpus_worker_node is set but ray.num_cpus_worker_node is not: Ray on Spark takes both "
+            raise ConfigError("ray.num_gpus_worker_node is set but ray.num_cpus_worker_node is not: Ray on Spark takes both "
                              "or neither; set ray.num_cpus_worker_node too.")  # fmt: skip
         self.max_worker_nodes = int(max_worker_nodes)
         self.num_cpus_worker_node = num_cpus_worker_node
@@ -157,7 +159,7 @@ class RayOnSpark(RayCluster):
         try:
             from pyspark.sql import SparkSession
         except ImportError as error:
-            raise ImportError("ray=spark (trainer=ray_on_spark) needs pyspark: pip install 'cvexp[spark]' "
+            raise ConfigError("ray=spark (trainer=ray_on_spark) needs pyspark: pip install 'cvexp[spark]' "
                               "(on Databricks it is installed).") from error  # fmt: skip
         active = SparkSession.getActiveSession()
         if active is not None:

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from cvexp.data.coco import load_annotation_file
 from cvexp.data.images import load_rgb_image
 from cvexp.data.targets import ImageInfo, Sample
+from cvexp.errors import DatasetError
 
 COCO_SPLIT_ANNOTATIONS = "_annotations.coco.json"
 
@@ -138,7 +139,7 @@ class ParquetImagesDataset(PredictionInputs):
         names = set(self._parquet.schema.names)
         for role, column in (("image", columns.image), ("image_id", columns.image_id)):
             if column not in names:
-                raise ValueError(f"inputs={path}: no column '{column}' (parquet.{role}); its columns are {sorted(names)}. "
+                raise DatasetError(f"inputs={path}: no column '{column}' (parquet.{role}); its columns are {sorted(names)}. "
                                  f"Set parquet.{role}=<column> (image ids must be integers).")  # fmt: skip
         self.columns = {columns.image: "image", columns.image_id: "image_id"}
         if columns.file_name and columns.file_name in names:
@@ -152,8 +153,7 @@ class ParquetImagesDataset(PredictionInputs):
         if self._rows is None:  # the local engine reads the table once, on first use
             table = self._parquet.to_table(columns=list(self.columns)).rename_columns(list(self.columns.values()))
             self._rows = table.to_pylist()
-        row = self._rows[index]
-        return unlabelled_sample(decode_row(row, self.base_dir), int(row["image_id"]), str(row.get("file_name") or row["image_id"]))
+        return row_sample(self._rows[index], self.base_dir)
 
     def to_ray(self) -> Any:
         import ray.data
@@ -171,9 +171,14 @@ def prediction_inputs(inputs: str, annotation_file: str | None = None, columns: 
         p.suffix.lower() in image_suffixes() for p in root.iterdir()))  # fmt: skip
     if is_parquet:
         if not root.exists():
-            raise FileNotFoundError(f"inputs={inputs}: no such parquet file or folder.")
+            raise DatasetError(f"inputs={inputs}: no such parquet file or folder. Fix: the path of a .parquet file, or of a folder of them.")
         return ParquetImagesDataset(root, columns or ParquetColumns())
     return ImageFilesDataset(resolve_inputs(inputs, annotation_file))
+
+
+def row_sample(row: dict[str, Any], base_dir: Path | None = None) -> Sample:
+    """A prediction-input row as the collator's :class:`Sample`: its decoded image, its id, and its name (else its id)."""
+    return unlabelled_sample(decode_row(row, base_dir), int(row["image_id"]), str(row.get("file_name") or row["image_id"]))
 
 
 def decode_row(row: dict[str, Any], base_dir: Path | None = None) -> np.ndarray:
@@ -186,7 +191,7 @@ def decode_row(row: dict[str, Any], base_dir: Path | None = None) -> np.ndarray:
     if isinstance(value, str) and value:
         path = Path(value)
         return load_rgb_image(path if path.is_absolute() or base_dir is None else base_dir / path)
-    raise ValueError(f"image {row.get('image_id')}: its image cell holds neither bytes nor a path ({type(value).__name__}).")
+    raise DatasetError(f"image {row.get('image_id')}: its image cell holds neither bytes nor a path ({type(value).__name__}).")
 
 
 def unlabelled_sample(image: np.ndarray, image_id: int, file_name: str = "") -> Sample:

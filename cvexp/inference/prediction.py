@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cvexp.data.targets import Sample
+from cvexp.errors import ConfigError, instantiate
 from cvexp.inference.inputs import ParquetColumns, PredictionInputs, prediction_inputs
 
 
@@ -115,7 +115,7 @@ class ResultsFile:
 
     def __init__(self, path: Path, output_format: str) -> None:
         if output_format not in ("json", "parquet"):
-            raise ValueError(f"output_format={output_format}: choose json (a COCO results json) or parquet.")
+            raise ConfigError(f"output_format={output_format}: choose json (a COCO results json) or parquet.")
         self.path = path
         self.output_format = output_format
         self.count = 0

@@ -14,6 +14,8 @@ import math
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
+from cvexp.errors import ConfigError
+
 
 class EmaUpdate:
     """The EMA step ``average <- d * average + (1 - d) * current``, in place over all tensors at once.
@@ -26,7 +28,7 @@ class EmaUpdate:
 
     def __init__(self, decay: float = 0.9999, warmup_steps: int = 2000) -> None:
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"callbacks.ema.decay={decay}: the decay must lie between 0 and 1 (e.g. 0.9999).")
+            raise ConfigError(f"callbacks.ema.decay={decay}: the decay must lie between 0 and 1 (e.g. 0.9999).")
         self.decay = decay
         self.warmup_steps = warmup_steps
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from cvexp.engines.ray_cluster import RayCluster
-from cvexp.inference.inputs import PredictionInputs, decode_row, unlabelled_sample
+from cvexp.errors import ConfigError
+from cvexp.inference.inputs import PredictionInputs, row_sample
 from cvexp.inference.prediction import ImageResult, PredictionJob
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,7 @@ class PredictionActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        samples = [
-            unlabelled_sample(decode_row(row, self.base_dir), int(row["image_id"]), str(row.get("file_name") or row["image_id"]))
-            for row in rows
-        ]
+        samples = [row_sample(row, self.base_dir) for row in rows]
         images = self.job.results_of(self.predictor, samples)
         return {
             "image_id": [image.image_id for image in images],
@@ -71,7 +69,7 @@ class RayPredictionEngine:
         progress_bars: bool = False,
     ) -> None:
         if num_actors < 1:
-            raise ValueError(f"engine.num_actors={num_actors}: at least 1 actor is needed.")
+            raise ConfigError(f"engine.num_actors={num_actors}: at least 1 actor is needed.")
         self.cluster = cluster or RayCluster()
         self.num_actors = int(num_actors)
         self.cpus_per_actor = cpus_per_actor
