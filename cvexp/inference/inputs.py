@@ -50,7 +50,7 @@ def resolve_inputs(inputs: str, annotation_file: str | None = None) -> list[Imag
         images = [ImageInput(int(info["id"]), root / info["file_name"], info["file_name"]) for info in records]
         missing = [image.file_name for image in images if not image.path.is_file()]
         if missing:
-            raise FileNotFoundError(f"{annotations}: {len(missing)} listed images are not in {root} (first: '{missing[0]}'). "
+            raise DatasetError(f"{annotations}: {len(missing)} listed images are not in {root} (first: '{missing[0]}'). "
                                     "Point inputs= at the folder that holds the split's images.")  # fmt: skip
         return images
     suffixes = image_suffixes()
@@ -61,7 +61,7 @@ def resolve_inputs(inputs: str, annotation_file: str | None = None) -> list[Imag
         paths = sorted(Path(p) for p in glob.glob(inputs, recursive=True) if Path(p).suffix.lower() in suffixes)
         names = [str(p) for p in paths]
     if not paths:
-        raise FileNotFoundError(f"inputs={inputs}: no images found. Pass a folder of images, a glob such as "
+        raise DatasetError(f"inputs={inputs}: no images found. Pass a folder of images, a glob such as "
                                 "'images/**/*.jpg' (quoted), or a COCO split's images folder.")  # fmt: skip
     return [ImageInput(index, path, name) for index, (path, name) in enumerate(zip(paths, names, strict=True), start=1)]
 
