@@ -155,7 +155,7 @@ def test_the_registered_export_is_served_by_onnxruntime_over_http(rt_detr_artifa
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow/mlflow.db")
     loaded = mlflow.pyfunc.load_model(registered.model_uri)
     loaded.predict(pd.DataFrame({"image": [encode_image_file(sorted((shared_data_dir / "shapes" / "test").glob("*.png"))[0])]}))
-    assert isinstance(loaded.unwrap_python_model().predictor, OnnxPredictor)  # the export runs, not the PyTorch weights beside it
+    assert type(loaded.unwrap_python_model().predictor).__name__ == "ExportedModel"  # the export runs, not the PyTorch weights beside it
 
     exported = Predictor.load(rt_detr_artifact / ONNX_FILE)
     paths = sorted((shared_data_dir / "shapes" / "test").glob("*.png"))[:3]
@@ -172,3 +172,75 @@ def test_the_registered_export_is_served_by_onnxruntime_over_http(rt_detr_artifa
     assert response.status_code == 200, response.text
     for actual, wanted in zip(response.json()["predictions"], expected, strict=True):
         _assert_same_detections(actual, wanted)
+
+
+# Run where torch cannot be imported: the served export's model, loaded by MLflow as a server loads it, answers a request.
+_WITHOUT_TORCH = """
+import base64, json, sys
+for name in ("torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning"):
+    sys.modules[name] = None  # `import torch` now raises ImportError, as where torch is not installed
+import mlflow.pyfunc, pandas as pd
+model_dir, *images = sys.argv[1:]
+encoded = [base64.b64encode(open(path, "rb").read()).decode("ascii") for path in images]
+answer = mlflow.pyfunc.load_model(model_dir).predict(pd.DataFrame({"image": encoded}), params={"score_threshold": 0.05})
+print(json.dumps({"answer": answer, "served": type(mlflow.pyfunc.load_model(model_dir).unwrap_python_model().predictor).__name__}))
+"""
+
+
+def assert_served_without_torch(artifact: Path, images: list[Path], tmp_path: Path) -> list[list[dict]]:
+    """Saves the served MLflow model of ``artifact``'s export, answers ``images`` with it in a process where torch cannot be
+    imported, and checks the answers against the PyTorch path's (OnnxPredictor and the task's records); returns them."""
+    import mlflow.pyfunc
+    from PIL import Image
+
+    from cvexp.deployment.pyfunc import pyfunc_model_arguments
+
+    exported = Predictor.load(artifact / ONNX_FILE)
+    expected = [exported.response(p, {"score_threshold": 0.05}) for p in exported.predict_images([np.asarray(Image.open(i).convert("RGB")) for i in images])]
+    model_dir = tmp_path / "served"
+    mlflow.pyfunc.save_model(path=str(model_dir), **pyfunc_model_arguments(exported, artifact, images[0], 0.5))
+    requirements = (model_dir / "requirements.txt").read_text()
+    assert "onnxruntime==" in requirements and "torch" not in requirements, requirements
+    assert (model_dir / "code" / "cvexp" / "deployment" / "exported_model.py").is_file()  # cvexp travels with the model
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, str(model_dir), *map(str, images)], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served["served"] == "ExportedModel"
+    for answer, wanted in zip(served["answer"], expected, strict=True):
+        _assert_same_records(answer, wanted)
+    return served["answer"]
+
+
+def _assert_same_records(actual: list[dict], expected: list[dict]) -> None:
+    """Each served record is one of the expected: the same ids and names, numbers to float tolerance (a box to 0.05 px),
+    masks (RLE) differing in at most 0.1% of their pixels. Not compared by rank: float noise may swap near-equal scores."""
+    from pycocotools import mask as coco_mask
+
+    def same(a: dict, b: dict) -> bool:
+        if a.keys() != b.keys():
+            return False
+        for key, value in a.items():
+            if key == "rle_counts":
+                masks = [coco_mask.decode({"size": [r["height"], r["width"]], "counts": r["rle_counts"]}) for r in (a, b)]
+                if (masks[0] != masks[1]).mean() > 1e-3:
+                    return False
+            elif isinstance(value, float):
+                if abs(value - b[key]) > 1e-3:
+                    return False
+            elif isinstance(value, list):
+                if not np.allclose(value, b[key], atol=0.05):
+                    return False
+            elif value != b[key]:
+                return False
+        return True
+
+    assert len(actual) == len(expected), (actual[:3], expected[:3])
+    unmatched = [record for record in actual if not any(same(record, wanted) for wanted in expected)]
+    assert not unmatched, f"served records that the PyTorch path does not give: {unmatched[:2]}; expected e.g. {expected[:2]}"
+
+
+def test_the_served_export_answers_like_pytorch_without_torch(rt_detr_artifact: Path, shared_data_dir: Path, tmp_path: Path) -> None:
+    """The ONNX pyfunc runs on onnxruntime, numpy, Pillow and the image processor: torch unimportable, the same detections."""
+    answers = assert_served_without_torch(rt_detr_artifact, sorted((shared_data_dir / "shapes" / "test").glob("*.png"))[:3], tmp_path)
+    assert sum(map(len, answers)) > 0

@@ -69,6 +69,8 @@ class OutputAdapter(ABC):
 
     #: The names of :meth:`exported_outputs`' tensors, the outputs of an exported graph (empty: this adapter cannot export).
     exported_output_names: tuple[str, ...] = ()
+    #: How those outputs are read without torch (a reader of :mod:`cvexp.deployment.exported_model`, recorded in ``export.json``).
+    exported_format: str = ""
 
     def exported_outputs(self, outputs: Any) -> tuple[torch.Tensor, ...]:
         """The post-processing that an exported graph (``cvexp.export``) holds after the model: batched

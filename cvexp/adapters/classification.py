@@ -6,6 +6,7 @@ every class, in the dataset's category ids.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,7 +36,18 @@ class ImageClassificationAdapter(OutputAdapter):
     def adapt_output(self, outputs: Any) -> AdaptedOutput:
         return AdaptedOutput(outputs.loss, {"loss_ce": outputs.loss.detach()})
 
-    def format_predictions(self, outputs: Any, targets: list[Any]) -> list[ClassScores]:
-        probabilities = outputs.logits.float().softmax(-1).cpu()
+    exported_output_names = ("scores",)
+    exported_format = "class_scores"
+
+    def exported_outputs(self, outputs: Any) -> tuple[torch.Tensor]:
+        """``scores`` ``(B, K)``: each image's softmax over the classes, in training order (the metadata's categories)."""
+        return (outputs.logits.float().softmax(-1),)
+
+    def format_exported(self, exported: Sequence[torch.Tensor], targets: list[Any]) -> list[ClassScores]:
+        probabilities = torch.as_tensor(exported[0]).float().cpu()
         ids = self.label_map.to_category_ids(torch.arange(self.label_map.num_labels))
         return [ClassScores(target.image_id, scores, ids) for scores, target in zip(probabilities, targets, strict=True)]
+
+    def format_predictions(self, outputs: Any, targets: list[Any]) -> list[ClassScores]:
+        # The exported graph's post-processing, run here by PyTorch: one definition for both.
+        return self.format_exported(self.exported_outputs(outputs), targets)

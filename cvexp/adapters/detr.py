@@ -66,6 +66,7 @@ class DetrAdapter(OutputAdapter):
         return AdaptedOutput(loss=outputs.loss, loss_parts=parts)
 
     exported_output_names = ("boxes", "scores", "labels")
+    exported_format = "ranked_boxes"
 
     def class_scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(query index, contiguous label, score), each ``(B, K)``, for the detections of a batch's ``(B, Q, C + 1)`` logits."""
@@ -132,6 +133,7 @@ class DetrSegmentationAdapter(DetrAdapter):
 
     #: Not exported yet: the masks would need their upsampling and RLE outside the graph.
     exported_output_names = ()
+    exported_format = ""
 
     def exported_outputs(self, outputs: Any) -> tuple[torch.Tensor, ...]:
         return OutputAdapter.exported_outputs(self, outputs)

@@ -9,6 +9,7 @@ appear) and leaves :data:`~cvexp.data.targets.IGNORE_INDEX` pixels to the model'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -54,10 +55,22 @@ class SemanticSegmentationAdapter(OutputAdapter):
     def adapt_output(self, outputs: Any) -> AdaptedOutput:
         return AdaptedOutput(outputs.loss, {"loss_ce": outputs.loss.detach()})
 
-    def format_predictions(self, outputs: Any, targets: list[Any]) -> list[SegmentationMap]:
+    exported_output_names = ("logits",)
+    exported_format = "pixel_logits"
+
+    def exported_outputs(self, outputs: Any) -> tuple[torch.Tensor]:
+        """``logits`` ``(B, K, h, w)`` over the whole input, in training order. Their upsampling to each image's own size
+        stays outside the graph (the sizes differ within a batch): :meth:`format_exported`, or numpy when served."""
+        return (outputs.logits.float(),)
+
+    def format_exported(self, exported: Sequence[torch.Tensor], targets: list[Any]) -> list[SegmentationMap]:
         predictions = []
-        for logits, target in zip(outputs.logits.float(), targets, strict=True):
+        for logits, target in zip(torch.as_tensor(exported[0]).float(), targets, strict=True):
             upsampled = F.interpolate(logits[None], size=tuple(target.size), mode="bilinear", align_corners=False)[0]
             confidence, labels = upsampled.softmax(0).max(0)
             predictions.append(SegmentationMap(target.image_id, self._to_category.to(labels.device)[labels].cpu(), confidence.cpu()))
         return predictions
+
+    def format_predictions(self, outputs: Any, targets: list[Any]) -> list[SegmentationMap]:
+        # The exported graph's post-processing, run here by PyTorch: one definition for both.
+        return self.format_exported(self.exported_outputs(outputs), targets)

@@ -25,10 +25,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+# EXPORT_INFO_FILE: what the export writes beside the graph (the opset, the inputs and outputs, how to read them, the gate's figures).
+from cvexp.deployment.exported_model import EXPORT_INFO_FILE
 from cvexp.errors import ConfigError, CvexpError
-
-#: What the export writes beside the graph: the opset, the inputs and outputs, the gate's figures.
-EXPORT_INFO_FILE = "export.json"
 
 
 class ExportGateError(CvexpError):
@@ -132,6 +131,10 @@ def run_export(cfg: DictConfig) -> GateResult:
         raise ConfigError(f"ckpt_path={artifact}: export reads a model artifact directory (<run dir>/model) and writes {ONNX_FILE} into "
                           "it. Fix: point ckpt_path at the artifact (a checkpoint's run has one).")  # fmt: skip
     reference = Predictor.load(artifact, device="cpu")
+    if not reference.adapter.exported_output_names:
+        raise ConfigError(f"ckpt_path={artifact}: its {reference.metadata.adapter.get('_target_')} has no exportable post-processing, so "
+                          f"{reference.task.name} models of this family cannot be exported yet (docs/models.md, 'Export', says why).")  # fmt: skip
+    metrics = list(cfg.gate.metrics or reference.task.headline)
     dataset, data_cfg = model_split(reference, cfg.get("data"), cfg.gate.split, str(artifact))
     batch_size = int(cfg.get("batch_size") or data_cfg.get("batch_size") or 8)
     example = next(iter(torch.utils.data.DataLoader(dataset, batch_size=min(batch_size, len(dataset)), collate_fn=reference.collator)))
@@ -140,7 +143,7 @@ def run_export(cfg: DictConfig) -> GateResult:
     partial = artifact / f"{ONNX_FILE}.partial"
     export_onnx(reference.model, reference.adapter, inputs, partial, int(cfg.opset))
     exported = OnnxPredictor(onnx_session(partial), reference.image_processor, reference.adapter, reference.metadata)
-    result = accuracy_gate(reference, exported, dataset, batch_size, list(cfg.gate.metrics), float(cfg.gate.tolerance), cfg.gate.split)
+    result = accuracy_gate(reference, exported, dataset, batch_size, metrics, float(cfg.gate.tolerance), cfg.gate.split)
     print_table(result.table())
     if not result.passed:
         partial.unlink(missing_ok=True)
@@ -149,7 +152,7 @@ def run_export(cfg: DictConfig) -> GateResult:
                               "Fix: another opset (opset=...), or report the model family (docs/models.md, 'Export').")  # fmt: skip
     os.replace(partial, final)
     info = {"file": ONNX_FILE, "format": "onnx", "opset": int(cfg.opset), "inputs": list(inputs),
-            "outputs": list(reference.adapter.exported_output_names), "torch": torch.__version__, "gate": {**asdict(result), "passed": True}}  # fmt: skip
+            "outputs": list(reference.adapter.exported_output_names), "exported_format": reference.adapter.exported_format, "torch": torch.__version__, "gate": {**asdict(result), "passed": True}}  # fmt: skip
     (artifact / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2))
     print(f"exported {final} ({final.stat().st_size / 2**20:.1f} MiB); evaluate or predict with ckpt_path={final}")
     return result

@@ -184,12 +184,10 @@ class CvexpModel(mlflow.pyfunc.PythonModel):
         """Loads the model artifact (the MLflow model's ``model`` artifact directory) on the CPU, on the thread that
         will run it (:class:`~cvexp.deployment.batching.RequestBatcher`), and guards the server."""
         from cvexp.deployment.batching import RequestBatcher
-        from cvexp.inference.predictor import Predictor
 
         def load() -> Any:  # on the model thread, where every forward pass runs too
-            artifact = Path(context.artifacts[MODEL_ARTIFACT])
             model_file = getattr(self, "model_file", None)  # None in models logged before exports
-            self.predictor = Predictor.load(artifact / model_file if model_file else artifact, device="cpu")
+            self.predictor = load_served_model(Path(context.artifacts[MODEL_ARTIFACT]), model_file)
             return lambda images: self.predictor.predict_images(images, batch_size=len(images))
 
         # Models logged before request batching have no max_batch_size: they get the default.
@@ -202,9 +200,21 @@ class CvexpModel(mlflow.pyfunc.PythonModel):
         if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
             raise _bad_request(f"params.score_threshold={threshold!r}: give a number from 0 to 1.")
         images = decode_images(model_input, getattr(self, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
-        names = {category.id: category.name for category in self.predictor.label_map.categories}
-        task, request = self.predictor.task, {"score_threshold": float(threshold)}
-        return [task.response(prediction, names, request) for prediction in self.batcher.predict(images)]
+        request = {"score_threshold": float(threshold)}
+        return [self.predictor.response(prediction, request) for prediction in self.batcher.predict(images)]
+
+
+def load_served_model(artifact: Path, model_file: str | None = None) -> Any:
+    """What the served model runs: the artifact's PyTorch model (:class:`~cvexp.inference.predictor.Predictor`, on the
+    CPU), or its export ``model_file`` run without torch (:class:`~cvexp.deployment.exported_model.ExportedModel`).
+    Both have ``predict_images``, ``response``, ``serving_requirements`` and ``ships_cvexp_code``."""
+    if model_file and Path(model_file).suffix == ".onnx":
+        from cvexp.deployment.exported_model import ExportedModel
+
+        return ExportedModel.load(artifact / model_file)
+    from cvexp.inference.predictor import Predictor
+
+    return Predictor.load(artifact, device="cpu")
 
 
 def pyfunc_model_arguments(predictor: Any, artifact_dir: Path, example_image: Path, score_threshold: float,
@@ -217,16 +227,20 @@ def pyfunc_model_arguments(predictor: Any, artifact_dir: Path, example_image: Pa
     """
     from mlflow.models import infer_signature
 
+    import cvexp
+
+    # The example output is the served model's own answer: the export's, when an export is served.
+    served = load_served_model(artifact_dir, predictor.model_file) if predictor.model_file else predictor
     example = pd.DataFrame({IMAGE_COLUMN: [encode_image_file(example_image)]})
-    names = {category.id: category.name for category in predictor.label_map.categories}
     # Threshold 0 for the example output only: it shows the record fields even for a weak model.
-    example_output = [predictor.task.response(p, names, {"score_threshold": 0.0}) for p in predictor.predict_images(decode_images(example))]
+    example_output = [served.response(p, {"score_threshold": 0.0}) for p in served.predict_images(decode_images(example))]
     return {
         "python_model": CvexpModel(score_threshold, max_image_pixels, max_request_bytes, max_batch_size, predictor.model_file),
         "artifacts": {MODEL_ARTIFACT: str(artifact_dir)},
         "signature": infer_signature(example, example_output, params={"score_threshold": score_threshold}),
         "input_example": example,
-        # Pinned to this environment; cvexp itself must be installed where the model is served.
-        "pip_requirements": [f"{package}=={version(package)}" for package in ("mlflow", "torch", "transformers", "pillow", "pandas",
-                                                                              *predictor.runtime_requirements)],
+        # Pinned to this environment. The PyTorch model needs cvexp installed where it is served; an export ships
+        # cvexp's code inside the MLflow model instead, as installing cvexp would install torch.
+        "pip_requirements": [f"{package}=={version(package)}" for package in served.serving_requirements],
+        "code_paths": [str(Path(cvexp.__file__).parent)] if served.ships_cvexp_code else None,
     }

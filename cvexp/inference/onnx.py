@@ -42,9 +42,6 @@ class OnnxPredictor(Predictor):
         image_processor, adapter, metadata: those of the artifact the graph was exported from.
     """
 
-    #: What serving this predictor needs besides cvexp's own requirements (the served pyfunc pins it).
-    runtime_requirements = ("onnxruntime",)
-
     def __init__(self, session: Any, image_processor: Any, adapter: Any, metadata: Any, model_file: str | None = ONNX_FILE) -> None:
         super().__init__(torch.nn.Identity(), image_processor, adapter, metadata, device="cpu")
         self.model_file = model_file

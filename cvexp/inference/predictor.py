@@ -49,8 +49,9 @@ class Predictor:
         model_file: the file in the model artifact that runs, when not its PyTorch weights (an export: ``model.onnx``).
     """
 
-    #: What serving this predictor needs besides cvexp's own requirements (the served pyfunc pins it).
-    runtime_requirements: tuple[str, ...] = ()
+    #: What serving the PyTorch model needs besides cvexp itself (the served pyfunc pins them; cvexp must be installed).
+    serving_requirements: tuple[str, ...] = ("mlflow", "torch", "transformers", "pillow", "pandas")
+    ships_cvexp_code = False
     model_file: str | None = None
 
     def __init__(self, model: Any, image_processor: Any, adapter: OutputAdapter, metadata: ModelMetadata,
@@ -88,6 +89,15 @@ class Predictor:
     def config(self) -> dict[str, Any]:
         """The resolved training config stored with the model."""
         return self.metadata.config
+
+    @property
+    def category_names(self) -> dict[int, str]:
+        """The dataset's category id -> its name."""
+        return {category.id: category.name for category in self.label_map.categories}
+
+    def response(self, prediction: Prediction, params: dict[str, Any]) -> Any:
+        """One image's prediction as the served model answers it (its task's records, :meth:`cvexp.tasks.Task.response`)."""
+        return self.task.response(prediction, self.category_names, params)
 
     def save(self, output_dir: Path) -> Path:
         """Writes the model artifact (see :mod:`cvexp.artifact`) to ``output_dir``."""

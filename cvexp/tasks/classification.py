@@ -12,6 +12,7 @@ from torchmetrics import Metric
 
 from cvexp.adapters.predictions import ClassScores
 from cvexp.data.labels import Category
+from cvexp.deployment.responses import classification_records
 from cvexp.tasks.base import EvaluationReport, PredictionFeatures, Task
 
 
@@ -68,13 +69,7 @@ class ClassificationTask(Task):
     def response(self, prediction: ClassScores, category_names: Mapping[int, str], params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The classes scoring at least ``params["score_threshold"]`` (the top one always), best first:
         ``category_id``, ``category_name``, ``score``."""
-        order = prediction.scores.argsort(descending=True).tolist()
-        threshold = float(params["score_threshold"])
-        return [
-            {"category_id": int(prediction.category_ids[i]), "category_name": category_names[int(prediction.category_ids[i])],
-             "score": float(prediction.scores[i])}
-            for rank, i in enumerate(order) if rank == 0 or float(prediction.scores[i]) >= threshold
-        ]  # fmt: skip
+        return classification_records(prediction.scores.numpy(), prediction.category_ids.numpy(), category_names, float(params["score_threshold"]))
 
     def render(self, image: np.ndarray, prediction: ClassScores, category_names: Mapping[int, str], score_threshold: float, path: Path) -> Path:
         from cvexp.evaluation.plots import plot_image_grid

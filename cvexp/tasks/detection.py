@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cvexp.adapters.predictions import Detections
 from cvexp.data.labels import Category
+from cvexp.deployment.responses import detection_records
 from cvexp.evaluation.coco_metric import CocoDetectionMetric
 from cvexp.tasks.base import EvaluationReport, PredictionFeatures, Task
 
@@ -44,13 +44,8 @@ class DetectionTask(Task):
     def response(self, prediction: Detections, category_names: Mapping[int, str], params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The detections scoring at least ``params["score_threshold"]``, best first: ``bbox`` (absolute ``[x, y, w, h]`` in
         the original image's pixels), ``score``, ``category_id`` (the dataset's id) and ``category_name``."""
-        keep = prediction.scores >= float(params["score_threshold"])
-        order = torch.argsort(prediction.scores[keep], descending=True)
-        boxes, scores, ids = prediction.boxes[keep][order], prediction.scores[keep][order], prediction.category_ids[keep][order]
-        return [
-            {"bbox": [float(v) for v in box], "score": float(score), "category_id": int(category), "category_name": category_names[int(category)]}
-            for box, score, category in zip(boxes.tolist(), scores.tolist(), ids.tolist(), strict=True)
-        ]
+        return detection_records(prediction.boxes.numpy(), prediction.scores.numpy(), prediction.category_ids.numpy(), category_names,
+                                 float(params["score_threshold"]))  # fmt: skip
 
     def render(self, image: np.ndarray, prediction: Detections, category_names: Mapping[int, str], score_threshold: float, path: Path) -> Path:
         from cvexp.evaluation.plots import render_detections

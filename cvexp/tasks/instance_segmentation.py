@@ -12,6 +12,7 @@ from pycocotools import mask as coco_mask
 
 from cvexp.adapters.predictions import Detections
 from cvexp.data.labels import Category
+from cvexp.deployment.responses import instance_records
 from cvexp.tasks.base import EvaluationReport, PredictionFeatures
 from cvexp.tasks.detection import DetectionTask
 
@@ -47,13 +48,8 @@ class InstanceSegmentationTask(DetectionTask):
     def response(self, prediction: Detections, category_names: Mapping[int, str], params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The detection records (see :meth:`DetectionTask.response`), each with its mask as a COCO RLE in flat
         fields: ``rle_counts``, ``height``, ``width``."""
-        records = super().response(prediction, category_names, params)
-        keep = (prediction.scores >= float(params["score_threshold"])).nonzero().flatten()
-        order = keep[prediction.scores[keep].argsort(descending=True)].tolist()
-        for record, index in zip(records, order, strict=True):
-            rle = (prediction.masks or [])[index]
-            record.update({"rle_counts": rle["counts"], "height": rle["size"][0], "width": rle["size"][1]})
-        return records
+        return instance_records(prediction.boxes.numpy(), prediction.scores.numpy(), prediction.category_ids.numpy(), prediction.masks or [],
+                                category_names, float(params["score_threshold"]))  # fmt: skip
 
     def prediction_features(self, prediction: Detections, image_shape: tuple[int, int], category_names: Mapping[int, str],
                             score_threshold: float) -> PredictionFeatures:  # fmt: skip

@@ -9,22 +9,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as coco_mask
 from torchmetrics import Metric
 
 from cvexp.adapters.predictions import SegmentationMap
 from cvexp.data.labels import Category
+from cvexp.deployment.responses import class_rles, segmentation_records
 from cvexp.tasks.base import EvaluationReport, PredictionFeatures, Task
-
-
-def class_rles(mask: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
-    """``(category id, COCO RLE)`` of each class present in ``mask`` (the RLE's ``counts`` as text, JSON-ready)."""
-    array = mask.numpy()
-    rles = []
-    for category_id in np.unique(array).tolist():
-        rle = coco_mask.encode(np.asfortranarray((array == category_id).astype(np.uint8)))
-        rles.append((int(category_id), {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}))
-    return rles
 
 
 class SemanticSegmentationTask(Task):
@@ -47,7 +37,7 @@ class SemanticSegmentationTask(Task):
     def results(self, predictions: Iterable[SegmentationMap], file_names: Mapping[int, str] | None = None) -> list[dict[str, Any]]:
         rows = []
         for prediction in predictions:
-            row = {"image_id": prediction.image_id, "segments": [{"category_id": c, "segmentation": rle} for c, rle in class_rles(prediction.mask)]}
+            row = {"image_id": prediction.image_id, "segments": [{"category_id": c, "segmentation": rle} for c, rle in class_rles(prediction.mask.numpy())]}
             rows.append({**row, "file_name": file_names[prediction.image_id]} if file_names else row)
         return rows
 
@@ -85,12 +75,7 @@ class SemanticSegmentationTask(Task):
     def response(self, prediction: SegmentationMap, category_names: Mapping[int, str], params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One record per class present: ``category_id``, ``category_name``, ``pixel_fraction``, and its pixels as a
         COCO RLE in flat fields (``rle_counts``, ``height``, ``width``; pycocotools' ``decode`` reads them back)."""
-        total = float(prediction.mask.numel())
-        return [
-            {"category_id": c, "category_name": category_names[c], "pixel_fraction": float((prediction.mask == c).sum()) / total,
-             "rle_counts": rle["counts"], "height": rle["size"][0], "width": rle["size"][1]}
-            for c, rle in class_rles(prediction.mask)
-        ]  # fmt: skip
+        return segmentation_records(prediction.mask.numpy(), category_names)
 
     def render(self, image: np.ndarray, prediction: SegmentationMap, category_names: Mapping[int, str], score_threshold: float, path: Path) -> Path:
         from cvexp.evaluation.plots import overlay_mask, save_image
