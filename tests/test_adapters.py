@@ -118,8 +118,11 @@ def test_installed_packages_extend_the_registry_through_entry_points(tmp_path: P
 
 # --- The RT-DETR family (RT-DETR, RT-DETRv2, D-FINE): real tiny models from their YAML ---
 
-RT_DETR_FAMILY = ["rt_detr", "rt_detr_v2", "d_fine"]
+RT_DETR_FAMILY = ["rt_detr", "rt_detr_v2", "d_fine", "deimv2"]
 FINAL_LAYER_PARTS = {"loss_vfl", "loss_bbox", "loss_giou"}
+# The families' own final-layer parts: D-FINE's localisation losses (for the layers before the last, their teacher);
+# DEIMv2's matching-aware loss in place of the varifocal one, with D-FINE's.
+OWN_PARTS = {"d_fine": FINAL_LAYER_PARTS | {"loss_fgl", "loss_ddf"}, "deimv2": {"loss_mal", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf"}}
 
 
 def _model_and_adapter(option: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any, OutputAdapter]:
@@ -203,13 +206,12 @@ def test_rt_detr_family_loss_is_the_model_s_and_parts_are_the_final_layer_s(rt_d
     # transformers weights the parts already; the loss is their sum (final, auxiliary, denoising copies).
     assert adapted.loss is outputs.loss and adapted.loss.requires_grad
     assert torch.allclose(adapted.loss, sum(outputs.loss_dict.values()))
-    # D-FINE's localisation losses exist only for the layers before the last (their teacher).
-    expected = FINAL_LAYER_PARTS | ({"loss_fgl", "loss_ddf"} if option == "d_fine" else set())
+    expected = OWN_PARTS.get(option, FINAL_LAYER_PARTS)
     assert set(adapted.loss_parts) == expected
-    for name in FINAL_LAYER_PARTS:
+    for name in expected & FINAL_LAYER_PARTS | {"loss_mal"} & expected:
         assert torch.equal(adapted.loss_parts[name], outputs.loss_dict[name].detach())
     deepest = model.config.decoder_layers - 2  # aux_0 .. aux_{L-2}: the decoder layers before the last
-    for name in expected - FINAL_LAYER_PARTS:
+    for name in expected & {"loss_fgl", "loss_ddf"}:
         assert torch.equal(adapted.loss_parts[name], outputs.loss_dict[f"{name}_aux_{deepest}"].detach())
     assert not any(part.requires_grad for part in adapted.loss_parts.values())
 
@@ -267,12 +269,39 @@ def _padded_options() -> list[str]:
 PADDED_FAMILY = _padded_options()
 
 
+# The windowed-ViT detectors (RF-DETR, LW-DETR): sigmoid top-k scoring like the padded sigmoid family, on a fixed square input.
+WINDOWED_VIT_FAMILY = ["rf_detr", "lw_detr"]
+
+
 def test_every_model_option_is_either_padded_or_stretched() -> None:
-    # The discovery must neither come up empty nor miss an option: together with the RT-DETR family
-    # (tested above) the padded options are every detection model in conf/model/.
+    # The discovery must neither come up empty nor miss an option: together with the RT-DETR family and the
+    # windowed ViTs (stretched, tested above and below) the padded options are every detection model in conf/model/.
     assert {"detr", "conditional_detr", "deformable_detr", "dab_detr", "yolos"} <= set(PADDED_FAMILY)
-    assert not set(PADDED_FAMILY) & set(RT_DETR_FAMILY)
-    assert set(PADDED_FAMILY) | set(RT_DETR_FAMILY) == set(_model_options())
+    assert not set(PADDED_FAMILY) & {*RT_DETR_FAMILY, *WINDOWED_VIT_FAMILY}
+    assert set(PADDED_FAMILY) | set(RT_DETR_FAMILY) | set(WINDOWED_VIT_FAMILY) == set(_model_options())
+
+
+@pytest.mark.parametrize("option", WINDOWED_VIT_FAMILY)
+def test_windowed_vit_predictions_match_transformers_post_processing(option: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Non-square images stretched to the square input the windows need; the adapter's top-k detections are
+    transformers' ``post_process_object_detection`` ones, in each image's own pixels."""
+    _, detector, adapter = _model_and_adapter(option, tmp_path_factory)
+    assert isinstance(adapter, SigmoidDetrAdapter)
+    samples = _padded_samples()
+    targets = [s.target for s in samples]
+    batch = _model_batch(detector.image_processor, adapter, samples)
+    assert batch["pixel_values"].shape == (3, 3, 96, 96) and bool(batch["pixel_mask"].all())  # stretched, never padded
+    model = detector.model.eval()
+    with torch.no_grad():
+        outputs = model(**adapter.model_inputs(batch, with_labels=False))
+    assert outputs.logits.shape[1] == model.config.num_queries  # one query group at inference
+    sizes = [t.size for t in targets]
+    for model_outputs in (outputs, _spread(outputs)):
+        for case_adapter in (adapter, SigmoidDetrAdapter(LABEL_MAP, adapter.pass_pixel_mask, top_k=7)):
+            reference = detector.image_processor.post_process_object_detection(model_outputs, threshold=0.0, target_sizes=sizes, top_k=case_adapter.top_k)
+            for detection, expected in zip(case_adapter.format_predictions(model_outputs, targets), reference, strict=True):
+                assert len(detection.scores) == min(case_adapter.top_k, model.config.num_queries * len(LABEL_MAP.categories))
+                _assert_same_detections(detection, expected)
 
 
 @pytest.fixture(scope="module", params=PADDED_FAMILY)

@@ -244,3 +244,29 @@ def test_the_served_export_answers_like_pytorch_without_torch(rt_detr_artifact: 
     """The ONNX pyfunc runs on onnxruntime, numpy, Pillow and the image processor: torch unimportable, the same detections."""
     answers = assert_served_without_torch(rt_detr_artifact, sorted((shared_data_dir / "shapes" / "test").glob("*.png"))[:3], tmp_path)
     assert sum(map(len, answers)) > 0
+
+
+@pytest.mark.long  # a virtual environment from the package registry (about 3 min, 1 GB) and a model server
+def test_the_export_serves_over_http_from_an_environment_without_torch(rt_detr_artifact: Path, shared_data_dir: Path, tmp_path: Path) -> None:
+    """The served export's own requirements.txt, installed into a fresh virtual environment (no torch, no cvexp), serve it."""
+    import requests
+
+    from cvexp.deployment.pyfunc import encode_image_file
+    from cvexp.deployment.serving import mlflow_model_server
+
+    images = sorted((shared_data_dir / "shapes" / "test").glob("*.png"))[:3]
+    expected = assert_served_without_torch(rt_detr_artifact, images, tmp_path)
+    environment = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(environment)], check=True, timeout=120)
+    python = environment / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(tmp_path / "served" / "requirements.txt")],
+                             capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0  # really without torch
+    assert subprocess.run([str(python), "-c", "import cvexp"], capture_output=True, cwd=tmp_path).returncode != 0  # and without cvexp
+    payload = {"dataframe_split": {"columns": ["image"], "data": [[encode_image_file(p)] for p in images]}, "params": {"score_threshold": 0.05}}
+    with mlflow_model_server(str(tmp_path / "served"), log_path=tmp_path / "server.log", python=python) as server:
+        response = requests.post(f"{server.url}/invocations", json=payload, timeout=120)
+    assert response.status_code == 200, response.text
+    for answer, wanted in zip(response.json()["predictions"], expected, strict=True):
+        _assert_same_records(answer, wanted)

@@ -37,19 +37,20 @@ class Server:
 
 @contextmanager
 def mlflow_model_server(model_uri: str, tracking_uri: str | None = None, startup_timeout: float = 180.0,
-                        log_path: Path | None = None) -> Iterator[Server]:  # fmt: skip
+                        log_path: Path | None = None, python: str | Path = sys.executable) -> Iterator[Server]:  # fmt: skip
     """Serves ``model_uri`` with ``mlflow models serve --env-manager local`` on 127.0.0.1; yields the :class:`Server`.
 
     Waits (at most ``startup_timeout`` seconds) until ``/ping`` answers, and stops the server and
-    its workers on exit. ``tracking_uri`` is the store that resolves a ``models:/`` URI.
+    its workers on exit. ``tracking_uri`` is the store that resolves a ``models:/`` URI; ``python``
+    is the interpreter of the environment that serves (another virtual environment's, say).
     """
     port = free_port()
-    # The server runs `uvicorn` by name: this interpreter's scripts folder first on PATH finds it
-    # even when the virtual environment is not activated.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    # The server runs `uvicorn` by name: the interpreter's scripts folder first on PATH finds it
+    # even when its virtual environment is not activated.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")])}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+    command = [str(python), "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
                "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
     log_file = open(log_path, "wb") if log_path else subprocess.DEVNULL  # closed in the finally below
     # A session of its own: the server forks uvicorn workers, which are stopped with it.
