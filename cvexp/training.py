@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from cvexp.artifact import ARTIFACT_DIR, ModelMetadata, load_checkpoint, public_model_class_name, save_artifact
 from cvexp.data import BatchCollator
 from cvexp.data.inspection import data_summary
+from cvexp.data.pixels import MultiScalePixels
 from cvexp.data.validation import validation_table, write_validation_report
 from cvexp.engines.local import FitResult
 from cvexp.engines.resume import ResumeState, resume_state
@@ -105,7 +106,7 @@ def resume_run(cfg: DictConfig) -> ResumeState:
 
 def build_training(cfg: DictConfig) -> tuple[VisionTaskModule, Any]:
     """Instantiates the DataModule and the LightningModule from ``cfg``; nothing is trained."""
-    datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
+    datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation), sampler=instantiate(cfg.sampler) if cfg.get("sampler") else None)
     datamodule.prepare_data()  # e.g. writes the synthetic dataset on first use
     label_map = datamodule.label_map  # the class list comes from the data, never from config
     task = instantiate(cfg.task)
@@ -116,6 +117,11 @@ def build_training(cfg: DictConfig) -> tuple[VisionTaskModule, Any]:
     detector = instantiate(cfg.model, label_map=label_map)
     pixels = instantiate(cfg.pixels)(detector.image_processor, datamodule.image_size)
     datamodule.collate_fn = BatchCollator(pixels, adapter)
+    if cfg.get("multi_scale"):  # training batches at several sizes; evaluation at data.image_size
+        if not datamodule.image_size:
+            raise ConfigError("multi_scale: its scales are multiples of data.image_size, which is null here. Fix: set data.image_size.")
+        multi_scale = MultiScalePixels.around(pixels, int(datamodule.image_size), list(cfg.multi_scale.scales), int(cfg.multi_scale.multiple_of))
+        datamodule.train_collate_fn = BatchCollator(multi_scale, adapter)
     metadata = ModelMetadata(
         task=task.name,
         model_class=public_model_class_name(detector.model),
@@ -132,6 +138,7 @@ def build_training(cfg: DictConfig) -> tuple[VisionTaskModule, Any]:
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         backbone_lr_scale=cfg.get("backbone_lr_scale", 1.0),
+        decay_norms_and_biases=cfg.get("decay_norms_and_biases", True),
         backbone_modules=detector.backbone_modules,
         image_processor=detector.image_processor,
         metadata=metadata,

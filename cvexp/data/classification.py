@@ -73,6 +73,9 @@ class _ClassificationDataset(LabelledImageDataset):
         # As the COCO dataset holds them: check_same_categories compares the splits' ids and names.
         self.categories: list[dict[str, Any]] = [{"id": c.id, "name": c.name} for c in categories]
 
+    def image_classes(self) -> list[set[int]]:
+        return [{int(self.images[image_id]["category_id"])} for image_id in self.image_ids]
+
     def sample(self, image_id: int, image: np.ndarray) -> Sample:
         """The (augmented) image and its class; ``size`` is the augmented image's ``(height, width)``."""
         if self.transform is not None:

@@ -86,6 +86,9 @@ class CocoDetectionDataset(LabelledImageDataset):
     def compose(augmentation: Augmentation) -> Any:
         return augmentation.for_boxes()
 
+    def image_classes(self) -> list[set[int]]:
+        return [{int(a["category_id"]) for a in self._annotations[image_id]} for image_id in self.image_ids]
+
     def coco_content(self) -> dict[str, Any]:
         """The split as validation kept it, as a COCO dict (``file_name`` relative to ``images_dir``): what cvexp understood of the data."""
         annotations = [annotation for image_id in self.image_ids for annotation in self._annotations[image_id]]

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from cvexp.data.dataset import LabelledImageDataset
 from cvexp.data.labels import LabelMap
-from cvexp.data.sampling import EpochSampler
+from cvexp.data.sampling import EpochSampler, RepeatFactorSampling
 from cvexp.data.validation import DEFAULT_MAX_IMAGE_PIXELS, ImageHeaderCache, InvalidPolicy, SplitReport, check_same_categories
 from cvexp.errors import DatasetError
 
@@ -44,6 +46,8 @@ class VisionDataModule(L.LightningDataModule):
         max_image_pixels: the largest image accepted (width x height): a guard against decompression bombs.
         header_cache: a JSON file that remembers checked image headers, so that a second run reads
             only the files that changed; ``None`` checks every file on every run.
+        sampler: how often an epoch reads each training image: ``None`` once each (``sampler=none``), or
+            :class:`~cvexp.data.sampling.RepeatFactorSampling` (``sampler=repeat_factor``: rare classes more often).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class VisionDataModule(L.LightningDataModule):
         cache_images: bool = False,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         header_cache: str | None = None,
+        sampler: RepeatFactorSampling | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -79,10 +84,14 @@ class VisionDataModule(L.LightningDataModule):
         self.cache_images = cache_images
         self.max_image_pixels = max_image_pixels
         self.header_cache = header_cache
+        self.sampler = sampler
+        self._repeat_factors: np.ndarray | None = None
         self._header_cache: ImageHeaderCache | None = None
         self.seed: int | None = None  # augmentation and order seeds; drawn at setup from torch's seeded generator
         self._resume: dict[str, Any] = {}  # a checkpoint's place in its epoch (load_state_dict)
         self.collate_fn: Callable | None = None
+        #: The training loader's collate function when it differs from the others' (multi-scale training).
+        self.train_collate_fn: Callable | None = None
         self.datasets: dict[str, LabelledImageDataset] = {}
 
     def prepare_data(self) -> None:
@@ -136,7 +145,9 @@ class VisionDataModule(L.LightningDataModule):
         dataset.epoch.share_memory_()  # the sampler sets it here, worker processes read it (idempotent)
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = EpochSampler(len(dataset), self.seed or 0, shuffle=shuffle, rank=rank, world_size=world_size, epoch_tensor=dataset.epoch)
+        repeat_factors = self.repeat_factors() if shuffle else None
+        sampler = EpochSampler(len(dataset), self.seed or 0, shuffle=shuffle, rank=rank, world_size=world_size, epoch_tensor=dataset.epoch,
+                               repeat_factors=repeat_factors)  # fmt: skip
         if shuffle and self._resume:
             self._resume_sampler(sampler)
         return DataLoader(
@@ -144,13 +155,27 @@ class VisionDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=self.collate_fn,
+            collate_fn=(self.train_collate_fn or self.collate_fn) if name == "train" else self.collate_fn,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             # numpy's and Python's generators in each worker, distinct per worker and rank (augmentation has its own seeds).
             worker_init_fn=partial(pl_worker_init_function, rank=rank),
             drop_last=False,
         )
+
+    def repeat_factors(self) -> np.ndarray | None:
+        """Each training image's mean reads per epoch under ``sampler`` (``None``: once each); the first call reports them."""
+        if self.sampler is None:
+            return None
+        if self._repeat_factors is None:
+            dataset = self.datasets["train"] if "train" in self.datasets else self.split_dataset("train")
+            classes = dataset.image_classes()
+            self._repeat_factors = self.sampler.image_factors(classes)
+            names = {category.id: category.name for category in dataset.label_map.categories}
+            repeated = {names.get(c, c): round(r, 2) for c, r in self.sampler.class_factors(classes).items() if r > 1}
+            rank_zero_info(f"repeat-factor sampling (threshold {self.sampler.threshold}): an epoch reads {round(self._repeat_factors.sum())} "
+                           f"images of {len(classes)}; classes read more often: {repeated or 'none (no class is that rare)'}")  # fmt: skip
+        return self._repeat_factors
 
     def state_dict(self) -> dict[str, Any]:
         """Where the training stands in its epoch, saved in every checkpoint, so that a resumed run reads on from there."""

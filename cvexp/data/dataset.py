@@ -67,7 +67,9 @@ class LabelledImageDataset(torch.utils.data.Dataset):
         return self.images_dir / self.images[image_id]["file_name"]
 
     def __getitem__(self, index: int) -> Sample | UnreadableImage:
-        image_id = self.image_ids[index]
+        # Index i + k * len(self) is the k-th read of image i in an epoch (repeat-factor sampling): the same image,
+        # augmented with a seed of its own.
+        image_id = self.image_ids[index % len(self.image_ids)]
         try:
             image = self._load_image(image_id)
         except (OSError, ValueError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
@@ -79,6 +81,11 @@ class LabelledImageDataset(torch.utils.data.Dataset):
         if self.transform is not None and self.augmentation_seed is not None:
             self.transform.set_random_seed(sample_seed(self.augmentation_seed, int(self.epoch), index))
         return self.sample(image_id, image)
+
+    def image_classes(self) -> list[set[int]]:
+        """Each image's category ids, in index order: what class-aware sampling (``sampler=repeat_factor``) counts."""
+        raise DatasetError(f"data.sampler: {type(self).__name__} (split {self.name or '?'}) does not list its images' classes without "
+                           "reading every target, so repeat-factor sampling cannot weigh them. Fix: sampler=none for this data.")  # fmt: skip
 
     @staticmethod
     def compose(augmentation: Augmentation) -> Any:

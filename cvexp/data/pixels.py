@@ -17,6 +17,8 @@ device (the training module and the predictor call it).
 
 from __future__ import annotations
 
+import copy
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -133,6 +135,46 @@ class TorchPixels(ProcessorPixels):
         if padded:
             values.mul_(pixel_mask[..., None])
         return values.permute(0, 3, 1, 2)
+
+
+class MultiScalePixels:
+    """Multi-scale training: each batch resized to a size drawn from ``sizes`` (as the RT-DETR, D-FINE, DEIM and
+    RF-DETR recipes train), in the processor's kind of resize; :meth:`model_input` is ``pixels``' own.
+
+    Evaluation keeps ``pixels`` (one size): only the training loader batches with this. The size is drawn
+    from Python's ``random``, which Lightning seeds in the training process and in every DataLoader worker.
+
+    Args:
+        pixels: the run's pixels (:class:`TorchPixels` or :class:`ProcessorPixels`), at ``data.image_size``.
+        sizes: the training sizes (the longer side, or the square's side for fixed-size processors).
+    """
+
+    def __init__(self, pixels: ProcessorPixels, sizes: Sequence[int]) -> None:
+        if not sizes:
+            raise ValueError("multi_scale: no training sizes")
+        self.pixels = pixels
+        self.sizes = sorted(set(int(size) for size in sizes))
+        self._at_size = {size: self._sized(size) for size in self.sizes}
+
+    @classmethod
+    def around(cls, pixels: ProcessorPixels, image_size: int, scales: Sequence[float], multiple_of: int = 32) -> MultiScalePixels:
+        """The sizes ``scale * image_size`` rounded to a multiple of ``multiple_of`` (what patch sizes and windows divide)."""
+        return cls(pixels, [max(multiple_of, round(scale * image_size / multiple_of) * multiple_of) for scale in scales])
+
+    def _sized(self, size: int) -> ProcessorPixels:
+        sized = copy.copy(self.pixels)
+        sized.size = processor_size(self.pixels.image_processor, size)
+        return sized
+
+    @property
+    def channels_last(self) -> bool:
+        return self.pixels.channels_last
+
+    def __call__(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._at_size[random.choice(self.sizes)](images)
+
+    def model_input(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+        return self.pixels.model_input(pixel_values, pixel_mask)
 
 
 def _per_channel(values: float | Sequence[float]) -> tuple[float, float, float]:

@@ -52,6 +52,8 @@ class VisionTaskModule(L.LightningModule):
         pixels: what batched the images (:mod:`cvexp.data.pixels`); :meth:`forward` has it make the
             model's input of a batch, on the model's device.
         compile: compile the model's forward with ``torch.compile`` (in place: the weights keep their names).
+        decay_norms_and_biases: ``False`` exempts biases and normalisation weights (every parameter of at most
+            one dimension) from weight decay, as the RT-DETR, D-FINE, DEIM and RF-DETR recipes train.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class VisionTaskModule(L.LightningModule):
         channels_last: bool = False,
         pixels: ProcessorPixels | None = None,
         compile: bool = False,
+        decay_norms_and_biases: bool = True,
     ) -> None:
         super().__init__()
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
@@ -78,6 +81,7 @@ class VisionTaskModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.backbone_lr_scale = backbone_lr_scale
         self.backbone_modules = tuple(backbone_modules)
+        self.decay_norms_and_biases = decay_norms_and_biases
         self.image_processor = image_processor
         self.metadata = metadata
         self.pixels = pixels
@@ -167,20 +171,24 @@ class VisionTaskModule(L.LightningModule):
         self._log_metric("test", self.test_metric)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """The trainable parameters: the rest of the model first, then the backbone (``backbone_modules``) if it trains."""
+        """The trainable parameters: the rest of the model first (``head``), then the backbone (``backbone_modules``) if it
+        trains; each split into a ``*_no_decay`` group (``weight_decay`` 0) of its biases and normalisation weights
+        unless ``decay_norms_and_biases``. Empty groups are left out."""
         in_backbone = backbone_parameter_names(self.model, self.backbone_modules)
-        backbone, rest = [], []
+        groups: dict[str, list[torch.nn.Parameter]] = {"head": [], "head_no_decay": [], "backbone": [], "backbone_no_decay": []}
         for name, parameter in self.model.named_parameters():
             if parameter.requires_grad:
-                (backbone if name in in_backbone else rest).append(parameter)
-        return [{"params": rest, "name": "head"}] + ([{"params": backbone, "name": "backbone"}] if backbone else [])
+                # timm's rule: a bias or a 1-d weight (the scale of a LayerNorm, BatchNorm, RMSNorm, GroupNorm) is exempt.
+                exempt = not self.decay_norms_and_biases and (parameter.ndim <= 1 or name.endswith(".bias"))
+                groups[("backbone" if name in in_backbone else "head") + ("_no_decay" if exempt else "")].append(parameter)
+        return [{"params": params, "name": name, **({"weight_decay": 0.0} if name.endswith("_no_decay") else {})}
+                for name, params in groups.items() if params]  # fmt: skip
 
     def configure_optimizers(self) -> Any:
-        groups = self.parameter_groups()
-        backbone = len(groups) > 1
-        optimizer = self.optimizer_factory(groups)
-        if backbone:
-            optimizer.param_groups[1]["lr"] *= self.backbone_lr_scale
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        for group in optimizer.param_groups:
+            if group["name"].startswith("backbone"):
+                group["lr"] *= self.backbone_lr_scale
         if self.scheduler_factory is None:
             return optimizer
         kwargs = {}
