@@ -19,6 +19,17 @@ Recorded per option:
 
 Prints a Markdown table; ``--write`` puts it into docs/models.md between the model-zoo markers
 (section "CPU benchmark"). Run it on an otherwise idle machine: the steps/s compare only within one run.
+
+**Time to accuracy on the RBC cells** (``--rbc``): every detection option trains on the real RBC cells
+(``../shared/datasets/rbc-cells``, the ``rbc_cells`` recipe's data, augmentation, 256 px and batch 8)
+for the same wall-clock budget (``--budget-minutes``), once as today's defaults train (``plain``) and
+once with the recipe features (``recipe``: EMA of the weights, multi-scale training, repeat-factor
+sampling, no weight decay on biases and norms), then its best checkpoint is tested on the test split.
+Each run's epochs are set from its own measured step time, so that its cosine schedule ends within
+the budget (Lightning's ``max_time`` stops it at the budget in any case). ``--write`` puts the table
+into docs/models.md ("Time to accuracy on the RBC cells").
+
+    python benchmarks/model_zoo.py --rbc [--budget-minutes 4] [--variants plain recipe] [--models ...] [--write]
 """
 
 from __future__ import annotations
@@ -45,6 +56,14 @@ from cvexp.paths import CONFIG_DIR  # noqa: E402
 from cvexp.training import run_training  # noqa: E402
 
 MODELS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
+# The RBC runs: the rbc_cells recipe's data and sizes, and what each variant adds to a model option's defaults.
+RBC = ["+experiment=rbc_cells", "task_name=model_zoo_rbc", "trainer.check_val_every_n_epoch=2"]
+VARIANTS = {
+    "plain": [],
+    # The EMA's warm-up is scaled to runs of a few hundred steps (its default, 2 000, suits COCO's 100 000).
+    "recipe": ["callbacks=ema", "callbacks.ema.decay=0.999", "callbacks.ema.warmup_steps=100", "multi_scale=rt_detr", "sampler=repeat_factor",
+               "decay_norms_and_biases=false"],
+}  # fmt: skip
 
 
 class StepTimer(L.Callback):
@@ -111,6 +130,82 @@ def benchmark(model: str, root: Path, overrides: list[str]) -> ZooResult:
     return result
 
 
+@dataclass
+class BudgetResult:
+    model: str
+    variant: str
+    epochs: int = 0
+    test_map_50: float | None = None
+    test_map: float | None = None
+    steps_per_second: float | None = None
+    fit_minutes: float | None = None
+    error: str | None = None
+
+
+def measured_step_seconds(cfg, steps: int = 6) -> tuple[float, int]:  # noqa: ANN001
+    """The median seconds of a training step (forward, loss, backward, AdamW) on the run's own batches, and the epoch's step count."""
+    import torch
+
+    from cvexp.training import build_training
+
+    module, datamodule = build_training(cfg)
+    loader = datamodule.train_dataloader()
+    optimizer = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=1e-4)
+    module.model.train()
+    times = []
+    for batch, _ in zip(loader, range(steps), strict=False):
+        started = time.perf_counter()
+        loss = module.adapter.adapt_output(module(batch)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:]), len(loader)
+
+
+def budget_run(model: str, variant: str, root: Path, overrides: list[str], budget_minutes: float) -> BudgetResult:
+    """``model`` trained on the RBC cells for ``budget_minutes`` as ``variant`` trains it, then tested; a failure is recorded."""
+    result = BudgetResult(model, variant)
+    try:
+        options = [f"model={model}", *RBC, *VARIANTS[variant], *overrides]
+        step_seconds, steps_per_epoch = measured_step_seconds(compose_config(root, options))
+        # 80% of the budget in training steps: the rest goes to data loading, validation every other epoch and checkpoints.
+        result.epochs = max(2, int(0.8 * budget_minutes * 60 / (step_seconds * steps_per_epoch)))
+        hours, minutes = divmod(budget_minutes, 60)
+        cfg = compose_config(root, [*options, f"trainer.max_epochs={result.epochs}",
+                                    f"+trainer.max_time=00:{int(hours):02d}:{int(minutes):02d}:{round(60 * (minutes % 1)):02d}"])  # fmt: skip
+        timer = StepTimer()
+        summary = run_training(cfg, extra_callbacks=[timer])
+    except Exception as error:  # one broken option must not cost the others' figures
+        traceback.print_exc()
+        result.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:120]
+        return result
+    result.test_map_50, result.test_map = summary.test_metrics.get("map_50"), summary.test_metrics.get("map")
+    result.steps_per_second = 1 / timer.median_step_seconds()
+    result.fit_minutes = summary.train_seconds / 60
+    return result
+
+
+def budget_markdown(results: list[BudgetResult], args: argparse.Namespace) -> str:
+    lines = [
+        f"Every detection option's tiny variant, random init, on the RBC cells (`+experiment=rbc_cells`: 256 px, batch 8, strong "
+        f"augmentation) for {args.budget_minutes:g} minutes of wall clock each, {args.threads} torch threads, its epochs set from its own "
+        "measured step time so that its cosine schedule ends in the budget; the best checkpoint (val mAP, every 2 epochs) on the test "
+        f"split (`python benchmarks/model_zoo.py {' '.join(sys.argv[1:])}`). `recipe`: EMA of the weights (decay 0.999, warm-up 100 "
+        "steps), multi-scale training (0.75-1.25), repeat-factor sampling (threshold 0.1), no weight decay on biases and norms.",
+        "",
+        "| option | variant | epochs | test mAP50 | test mAP | steps/s | fit time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.error:
+            lines.append(f"| `{r.model}` | {r.variant} | | failed: {r.error} | | | |")
+            continue
+        lines.append(f"| `{r.model}` | {r.variant} | {r.epochs} | {r.test_map_50:.3f} | {r.test_map:.3f} | {r.steps_per_second:.2f} "
+                     f"| {r.fit_minutes:.1f} min |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def markdown(results: list[ZooResult], args: argparse.Namespace) -> str:
     done = [r for r in results if not r.error]
     budget = f"{done[0].steps_per_epoch} steps of {done[0].batch_size} images" if done else "the same steps"
@@ -141,9 +236,15 @@ def main() -> None:
     parser.add_argument("--train-batches", type=int, default=None, help="limit each epoch to N batches (quick checks)")
     parser.add_argument("--val-batches", type=int, default=None, help="validate on N batches only (quick checks)")
     parser.add_argument("--write", action="store_true", help="write the table into docs/models.md's CPU benchmark section")
+    parser.add_argument("--rbc", action="store_true", help="time to accuracy on the RBC cells (see the module doc)")
+    parser.add_argument("--budget-minutes", type=float, default=4.0, help="--rbc: each run's wall-clock budget")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="--rbc: which variants")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides, the same for every option")
     args = parser.parse_args()
 
+    if args.rbc:
+        run_budgets(args)
+        return
     overrides = [f"trainer.max_epochs={args.epochs}", f"trainer.check_val_every_n_epoch={args.epochs}", "trainer.num_sanity_val_steps=0",
                  f"num_threads={args.threads}", "logger=none", "report=none", "test_after_fit=false"]  # fmt: skip
     if args.train_batches:
@@ -161,6 +262,24 @@ def main() -> None:
             print(f"{model}: {status} ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
     table = markdown(results, args)
     publish(table, "model-zoo", write=args.write, path=REPO / "docs" / "models.md")
+
+
+def run_budgets(args: argparse.Namespace) -> None:
+    from tests.conftest import model_tasks
+
+    models = [model for model in args.models if model_tasks()[model] == "detection"]
+    overrides = [f"num_threads={args.threads}", "logger=none", "report=none", f"data.root={REPO.parent / 'shared' / 'datasets' / 'rbc-cells'}",
+                 *args.overrides]  # fmt: skip
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            for variant in args.variants:  # side by side: the variants of one option run back to back
+                started = time.perf_counter()
+                results.append(budget_run(model, variant, Path(tmp), overrides, args.budget_minutes))
+                r = results[-1]
+                status = r.error or f"test mAP50 {r.test_map_50:.3f} after {r.epochs} epochs, {r.steps_per_second:.2f} steps/s"
+                print(f"{model} ({variant}): {status} ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
+    publish(budget_markdown(results, args), "rbc-time-to-accuracy", write=args.write, path=REPO / "docs" / "models.md")
 
 
 if __name__ == "__main__":
