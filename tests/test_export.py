@@ -174,11 +174,13 @@ def test_the_registered_export_is_served_by_onnxruntime_over_http(rt_detr_artifa
         _assert_same_detections(actual, wanted)
 
 
-# Run where torch cannot be imported: the served export's model, loaded by MLflow as a server loads it, answers a request.
-_WITHOUT_TORCH = """
+# The served export's model, loaded by MLflow as a server loads it, answers a request; where its requirements pin no torch,
+# in a process where torch cannot be imported.
+_SERVE = """
 import base64, json, sys
-for name in ("torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning"):
-    sys.modules[name] = None  # `import torch` now raises ImportError, as where torch is not installed
+if sys.argv.pop(1) == "without-torch":
+    for name in ("torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning"):
+        sys.modules[name] = None  # `import torch` now raises ImportError, as where torch is not installed
 import mlflow.pyfunc, pandas as pd
 model_dir, *images = sys.argv[1:]
 encoded = [base64.b64encode(open(path, "rb").read()).decode("ascii") for path in images]
@@ -187,9 +189,10 @@ print(json.dumps({"answer": answer, "served": type(mlflow.pyfunc.load_model(mode
 """
 
 
-def assert_served_without_torch(artifact: Path, images: list[Path], tmp_path: Path) -> list[list[dict]]:
+def assert_served_without_torch(artifact: Path, images: list[Path], tmp_path: Path, needs_torch: bool = False) -> list[list[dict]]:
     """Saves the served MLflow model of ``artifact``'s export, answers ``images`` with it in a process where torch cannot be
-    imported, and checks the answers against the PyTorch path's (OnnxPredictor and the task's records); returns them."""
+    imported, and checks the answers against the PyTorch path's (OnnxPredictor and the task's records); returns them.
+    ``needs_torch``: transformers declares that the image processor needs torch; the model pins it, and is served with it."""
     import mlflow.pyfunc
     from PIL import Image
 
@@ -200,9 +203,10 @@ def assert_served_without_torch(artifact: Path, images: list[Path], tmp_path: Pa
     model_dir = tmp_path / "served"
     mlflow.pyfunc.save_model(path=str(model_dir), **pyfunc_model_arguments(exported, artifact, images[0], 0.5))
     requirements = (model_dir / "requirements.txt").read_text()
-    assert "onnxruntime==" in requirements and "torch" not in requirements, requirements
+    assert "onnxruntime==" in requirements and ("torch==" in requirements) == needs_torch, requirements
     assert (model_dir / "code" / "cvexp" / "deployment" / "exported_model.py").is_file()  # cvexp travels with the model
-    result = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, str(model_dir), *map(str, images)], capture_output=True, text=True,
+    mode = "with-torch" if needs_torch else "without-torch"
+    result = subprocess.run([sys.executable, "-c", _SERVE, mode, str(model_dir), *map(str, images)], capture_output=True, text=True,
                             cwd=tmp_path, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     served = json.loads(result.stdout.strip().splitlines()[-1])

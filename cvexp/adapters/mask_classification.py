@@ -64,19 +64,36 @@ class MaskClassificationAdapter(OutputAdapter):
         # The model returns only the weighted sum of its class, mask (sigmoid BCE) and dice losses.
         return AdaptedOutput(outputs.loss, {"loss_mask_classification": outputs.loss.detach()})
 
-    def format_predictions(self, outputs: Any, targets: list[Any]) -> list[Detections]:
+    exported_output_names = ("scores", "labels", "masks")
+    exported_format = "ranked_masks"
+
+    def exported_outputs(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The top-k (query, class) pairs of each image by class probability: ``scores`` ``(B, K)`` (before the mask
+        quality), ``labels`` ``(B, K)`` contiguous, and the ``masks`` ``(B, K, h, w)`` logits of their queries over the
+        whole input. Their upsampling to each image's own size follows the graph (:meth:`format_exported`)."""
+        probabilities = outputs.class_queries_logits.float().softmax(-1)[..., :-1]  # drop the no-object class
+        num_classes = probabilities.shape[-1]
+        scores, flat = probabilities.flatten(1).topk(min(self.top_k, probabilities[0].numel()), dim=-1)
+        queries = flat // num_classes
+        mask_logits = outputs.masks_queries_logits.float()
+        masks = mask_logits.gather(1, queries[..., None, None].expand(-1, -1, *mask_logits.shape[-2:]))
+        return scores, flat % num_classes, masks
+
+    def format_exported(self, exported: Any, targets: list[Any]) -> list[Detections]:
+        """Each image's masks upsampled to its size and thresholded at 0 (:func:`masks_to_rles`), scored by class
+        probability x mask quality, as Hugging Face's post-processing scores, best first."""
         predictions = []
-        for class_logits, mask_logits, target in zip(outputs.class_queries_logits.float(), outputs.masks_queries_logits, targets, strict=True):
-            probabilities = class_logits.softmax(-1)[:, :-1]  # drop the no-object class
-            num_classes = probabilities.shape[-1]
-            scores, flat = probabilities.flatten().topk(min(self.top_k, probabilities.numel()))
-            queries, labels = flat // num_classes, flat % num_classes
-            masks, boxes, quality = masks_to_rles(mask_logits[queries], target.size)
-            scores = scores.cpu() * quality  # class probability x mask quality, as HF's post-processing scores
+        for scores, labels, mask_logits, target in zip(*(torch.as_tensor(array) for array in exported), targets, strict=True):
+            masks, boxes, quality = masks_to_rles(mask_logits, target.size)
+            scores = scores.float().cpu() * quality
             order = scores.argsort(descending=True).tolist()
             predictions.append(Detections(target.image_id, boxes[order], scores[order], self.label_map.to_category_ids(labels[order].cpu()),
                                           [masks[i] for i in order]))  # fmt: skip
         return predictions
+
+    def format_predictions(self, outputs: Any, targets: list[Any]) -> list[Detections]:
+        # The exported graph's post-processing, run here by PyTorch: one definition for both.
+        return self.format_exported(self.exported_outputs(outputs), targets)
 
 
 def instance_masks(target: DetectionTarget) -> torch.Tensor:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as coco_mask
+
+from cvexp.deployment.responses import mask_rles
 
 
 @dataclass
@@ -50,9 +50,8 @@ def masks_to_rles(logits: torch.Tensor, size: tuple[int, int]) -> tuple[list[dic
     upsampled = F.interpolate(logits.float()[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
     binary = upsampled > 0
     quality = (upsampled.sigmoid() * binary).flatten(1).sum(1) / binary.flatten(1).sum(1).clamp(min=1)
-    rles = coco_mask.encode(np.asfortranarray(binary.permute(1, 2, 0).cpu().numpy().astype(np.uint8)))
-    boxes = torch.from_numpy(coco_mask.toBbox(rles).astype(np.float32)).reshape(-1, 4)
-    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles], boxes, quality.cpu()
+    rles, boxes = mask_rles(binary.cpu().numpy())
+    return rles, torch.from_numpy(boxes), quality.cpu()
 
 
 def masks_at_input(masks: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """A model exported by ``cvexp.export``, run without torch: what the served ONNX model runs.
 
 :class:`ExportedModel` needs onnxruntime, numpy, Pillow, transformers' PIL image processor (the
-artifact's ``preprocessor_config.json``) and pycocotools, and nothing of torch: the MLflow model
+artifact's ``preprocessor_config.json``) and pycocotools, and nothing of torch (unless transformers
+declares that the image processor needs it: Mask2Former's does): the MLflow model
 that ``cvexp.register ckpt_path=<artifact>/model.onnx`` logs pins those and ships cvexp's code, so
 it serves where torch is not installed. Its steps are those of the PyTorch path, in numpy:
 
@@ -29,7 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from cvexp.deployment.responses import classification_records, detection_records, segmentation_records
+from cvexp.deployment.responses import (
+    classification_records,
+    detection_records,
+    instance_records,
+    mask_rles,
+    segmentation_records,
+)
 
 #: The files of the model artifact that the exported model reads (written by cvexp.train and cvexp.export).
 METADATA_FILE = "cvexp.json"
@@ -49,6 +56,19 @@ class ExportedDetections:
 
     def records(self, category_names: Mapping[int, str], score_threshold: float) -> list[dict[str, Any]]:
         return detection_records(self.boxes, self.scores, self.category_ids, category_names, score_threshold)
+
+
+@dataclass
+class ExportedInstances:
+    """One image's instances: detections with a COCO RLE mask each (``masks``), best first."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    category_ids: np.ndarray
+    masks: list[dict[str, Any]]
+
+    def records(self, category_names: Mapping[int, str], score_threshold: float) -> list[dict[str, Any]]:
+        return instance_records(self.boxes, self.scores, self.category_ids, self.masks, category_names, score_threshold)
 
 
 @dataclass
@@ -72,7 +92,7 @@ class ExportedMask:
         return segmentation_records(self.mask, category_names)
 
 
-ExportedPrediction = ExportedDetections | ExportedClassScores | ExportedMask
+ExportedPrediction = ExportedDetections | ExportedInstances | ExportedClassScores | ExportedMask
 
 #: ``exported_format`` -> the reader of the graph's outputs: (outputs, each image's (height, width), the category id of
 #: each contiguous label) -> each image's prediction.
@@ -97,6 +117,25 @@ def read_ranked_boxes(outputs: Sequence[np.ndarray], sizes: Sequence[tuple[int, 
     return [ExportedDetections(image_boxes.astype(np.float32) * np.array([width, height, width, height], dtype=np.float32),
                                image_scores.astype(np.float32), category_ids[image_labels.astype(np.int64)])
             for image_boxes, image_scores, image_labels, (height, width) in zip(boxes, scores, labels, sizes, strict=True)]  # fmt: skip
+
+
+@reader("ranked_masks")
+def read_ranked_masks(outputs: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]], category_ids: np.ndarray) -> list[ExportedInstances]:
+    """``scores`` and ``labels`` ``(B, K)``, ``masks`` ``(B, K, h, w)`` logits: each mask upsampled to its image's size as
+    torch does and thresholded at 0, scored by class probability x its mean probability inside it, best first
+    (MaskClassificationAdapter.format_exported)."""
+    predictions = []
+    for scores, labels, logits, size in zip(*outputs, sizes, strict=True):
+        upsampled = resize_bilinear(logits.astype(np.float32), size)
+        binary = upsampled > 0
+        inside = binary.reshape(len(binary), -1)
+        probabilities = 0.5 * (1 + np.tanh(0.5 * upsampled.reshape(len(binary), -1)))  # the sigmoid, without overflow
+        quality = (probabilities * inside).sum(1) / np.maximum(inside.sum(1), 1)
+        rles, boxes = mask_rles(binary)
+        scored = scores.astype(np.float32) * quality.astype(np.float32)
+        order = np.argsort(-scored, kind="stable")
+        predictions.append(ExportedInstances(boxes[order], scored[order], category_ids[labels.astype(np.int64)][order], [rles[i] for i in order]))
+    return predictions
 
 
 @reader("class_scores")
@@ -138,7 +177,7 @@ class ExportedModel:
     """
 
     #: What serving it needs (the served pyfunc pins them); cvexp's own code travels inside the MLflow model.
-    serving_requirements = ("mlflow", "onnxruntime", "numpy", "pillow", "pandas", "transformers", "pycocotools")
+    SERVING_REQUIREMENTS = ("mlflow", "onnxruntime", "numpy", "pillow", "pandas", "transformers", "pycocotools")
     ships_cvexp_code = True
 
     def __init__(self, session: Any, image_processor: Any, categories: Sequence[Mapping[str, Any]], read: Reader) -> None:
@@ -173,6 +212,13 @@ class ExportedModel:
         session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         processor = AutoImageProcessor.from_pretrained(str(artifact), backend="pil")
         return cls(session, processor, metadata["categories"], READERS[export_format])
+
+    @property
+    def serving_requirements(self) -> tuple[str, ...]:
+        """:attr:`SERVING_REQUIREMENTS`, and torch where transformers declares the image processor needs it (Mask2Former's
+        PIL processor does, for its post-processing, which cvexp does not use: it must still import)."""
+        declared = getattr(type(self.image_processor), "__backends", ())
+        return self.SERVING_REQUIREMENTS + (("torch",) if "torch" in declared else ())
 
     def predict_images(self, images: Sequence[np.ndarray], batch_size: int | None = None) -> list[ExportedPrediction]:
         """The predictions of HWC uint8 RGB ``images`` (one graph run per ``batch_size`` of them; default all)."""

@@ -56,6 +56,16 @@ def classification_records(scores: np.ndarray, category_ids: np.ndarray, categor
     ]  # fmt: skip
 
 
+def mask_rles(binary: np.ndarray) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The COCO RLEs of ``(N, H, W)`` binary masks (``counts`` as text, JSON-ready) and the ``xywh`` box around each
+    (zeros for an empty one)."""
+    from pycocotools import mask as coco_mask
+
+    rles = coco_mask.encode(np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8)))
+    boxes = coco_mask.toBbox(rles).astype(np.float32).reshape(-1, 4)
+    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles], boxes
+
+
 def class_rles(mask: np.ndarray) -> list[tuple[int, dict[str, Any]]]:
     """``(category id, COCO RLE)`` of each class present in ``mask`` (the RLE's ``counts`` as text, JSON-ready)."""
     from pycocotools import mask as coco_mask
