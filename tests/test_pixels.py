@@ -69,3 +69,20 @@ def test_training_config_chooses_the_pixels_and_the_layout(train_config) -> None
     assert type(datamodule.collate_fn.pixels) is TorchPixels and datamodule.collate_fn.pixels.channels_last
     conv = next(m for m in module.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+
+def test_torch_pixels_take_the_tensors_of_a_torchvision_processor() -> None:
+    """Where torchvision is installed, AutoImageProcessor (model.pretrained=) loads the torchvision ("fast")
+    processor, which hands back (3, H, W) tensors instead of arrays; torchvision has no CPU build here, so
+    the PIL processor's arrays are handed over as the tensors it would give (found on the GPU machine)."""
+    from transformers import RTDetrImageProcessorPil
+
+    class TensorOutput(RTDetrImageProcessorPil):
+        def __call__(self, *args, **kwargs):
+            encoded = super().__call__(*args, **kwargs)
+            encoded["pixel_values"] = [torch.from_numpy(np.ascontiguousarray(image)) for image in encoded["pixel_values"]]
+            return encoded
+
+    expected = TorchPixels(RTDetrImageProcessorPil(), 96)(_images())
+    batched, mask = TorchPixels(TensorOutput(), 96)(_images())
+    assert torch.equal(batched, expected[0]) and torch.equal(mask, expected[1])

@@ -99,8 +99,9 @@ class TorchPixels(ProcessorPixels):
         """``pixel_values`` (B, 3, H, W) uint8, resized and padded with 0, and ``pixel_mask`` (B, H, W) bool, true on image."""
         resized = self.image_processor(images=list(images), do_rescale=False, do_normalize=False, do_pad=False,
                                        return_tensors=None, **self._processor_kwargs())  # fmt: skip
-        # The processor hands back (3, H, W) views of (H, W, 3) arrays: as (H, W, 3) they need no copy.
-        hwc = [torch.from_numpy(image).permute(1, 2, 0) for image in resized["pixel_values"]]
+        # A PIL processor hands back (3, H, W) views of (H, W, 3) arrays: as (H, W, 3) they need no copy. A
+        # torchvision ("fast") one, which AutoImageProcessor loads where torchvision is installed, hands back tensors.
+        hwc = [torch.as_tensor(image).permute(1, 2, 0) for image in resized["pixel_values"]]
         height, width = self.pad_size or (max(image.shape[0] for image in hwc), max(image.shape[1] for image in hwc))
         values = _batch_tensor((len(hwc), height, width, 3), torch.uint8)
         mask = _batch_tensor((len(hwc), height, width), torch.bool)
