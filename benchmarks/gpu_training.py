@@ -19,7 +19,8 @@ memory, no compiled code shared), for a fixed number of steps:
 The peer (``--peer-dir``) is ``../shared/peer-hf`` with the example file beside it (its README says how to
 get it; nothing of it is in this repository) and ``--peer-data`` its prepared RBC parquet. The synthetic data and
 the saved model go under ``--work``. Rows that would start after ``--deadline-s`` are skipped and say so. Writes ``gpu_training.json`` and
-``gpu_training.md`` under ``--out``; ``--write`` puts the table into docs/benchmarks.md.
+``gpu_training.md`` under ``--out`` (docs/benchmarks.md, "Training on a GPU", is written from them by hand:
+its figures name the machine, which report.py's CPU line does not).
 
 On the device tool's GPU machine (no package index there) everything it needs travels in ``.gpu/``
 (ignored by git, named in ``carry``): ``wheels/`` (``pip download --python-version 3.12
@@ -36,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -266,7 +266,6 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="rows whose name holds one of these words")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run this one row and print its json
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -275,7 +274,7 @@ def main() -> None:
         print("ROW " + json.dumps(run_row(args, name, kind, arguments, args.model_dir)), flush=True)
         return
 
-    started = time.perf_counter()
+    started, device = time.perf_counter(), gpu_name()
     model_dir = args.work / "rt_detr_r18vd_rbc"
     if any(kind in ("cvexp-pair", "peer") for _, kind, _ in rows(args, model_dir)):
         save_pair_model(args, model_dir)
@@ -301,16 +300,10 @@ def main() -> None:
                 result["error"] = f"stopped after {timeout:.0f} s"
         results.append(result)
         print(f"    {json.dumps(result)}", flush=True)
-        (args.out / "gpu_training.json").write_text(json.dumps({"device": gpu_name(), "results": results}, indent=1))
-    table = markdown(results, args, gpu_name())
+        (args.out / "gpu_training.json").write_text(json.dumps({"device": device, "results": results}, indent=1))
+    table = markdown(results, args, device)
     (args.out / "gpu_training.md").write_text(table + "\n")
-    print(table)
-    if args.write:
-        from benchmarks.report import publish
-
-        publish(table, "gpu-training", write=True, path=REPO / "docs" / "benchmarks.md")
-    print(f"done in {time.perf_counter() - started:.0f} s; median steady img/s of the eager training rows: "
-          f"{statistics.median([r['images_per_s_steady'] for r in results if 'eager' in r['name'] and r.get('images_per_s_steady')] or [0]):.1f}")  # fmt: skip
+    print(f"{table}\ndone in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -192,11 +192,16 @@ def budget_run(model: str, variant: str, root: Path, overrides: list[str], budge
     return result
 
 
+def rbc_run_overrides(args: argparse.Namespace) -> list[str]:
+    """What every RBC run of this benchmark adds: the threads, no tracking or report, the shared RBC cells, the user's overrides."""
+    return [f"num_threads={args.threads}", "logger=none", "report=none", f"data.root={REPO.parent / 'shared' / 'datasets' / 'rbc-cells'}",
+            *args.overrides]  # fmt: skip
+
+
 def run_recipe_comparison(args: argparse.Namespace) -> None:
     """``+experiment=rbc_cells`` plain and with the recipe features, alternating, ``args.seeds`` seeds each."""
     rows: dict[str, list[tuple[int, float, float, float]]] = {variant: [] for variant in args.variants}
-    base = ["+experiment=rbc_cells", f"num_threads={args.threads}", "logger=none", "report=none",
-            f"data.root={REPO.parent / 'shared' / 'datasets' / 'rbc-cells'}", *args.overrides]  # fmt: skip
+    base = ["+experiment=rbc_cells", *rbc_run_overrides(args)]
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             for variant in args.variants:
@@ -305,8 +310,7 @@ def run_budgets(args: argparse.Namespace) -> None:
     from tests.conftest import model_tasks
 
     models = [model for model in args.models if model_tasks()[model] == "detection"]
-    overrides = [f"num_threads={args.threads}", "logger=none", "report=none", f"data.root={REPO.parent / 'shared' / 'datasets' / 'rbc-cells'}",
-                 *args.overrides]  # fmt: skip
+    overrides = rbc_run_overrides(args)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
