@@ -2,7 +2,7 @@
 
 Each option (``conf/model/*.yaml``, or the ones named with ``--models``) trains from random init in
 this process, one after the other, with the same data (``data=shapes``, 96 px, batch size 16),
-augmentation, optimizer, schedule, seed and epochs; validation runs once, after the last epoch, on
+augmentation, optimizer, schedule, seed and epochs, and no recipe features (``recipe=none``); validation runs once, after the last epoch, on
 the whole validation split. No MLflow, no test pass or report (``logger=none report=none
 test_after_fit=false``), and a deliberate torch thread count (``--threads``, ``num_threads=``).
 
@@ -22,8 +22,8 @@ Prints a Markdown table; ``--write`` puts it into docs/models.md between the mod
 
 **Time to accuracy on the RBC cells** (``--rbc``): every detection option trains on the real RBC cells
 (``../shared/datasets/rbc-cells``, the ``rbc_cells`` recipe's data, augmentation, 256 px and batch 8)
-for the same wall-clock budget (``--budget-minutes``), once as today's defaults train (``plain``) and
-once with the recipe features (``recipe``: EMA of the weights, multi-scale training, repeat-factor
+for the same wall-clock budget (``--budget-minutes``), once as the ``rbc_cells`` recipe trains (``plain``: ``recipe=none``)
+and once with the recipe features (``recipe``: EMA of the weights, multi-scale training, repeat-factor
 sampling, no weight decay on biases and norms), then its best checkpoint is tested on the test split.
 Each run's epochs are set from its own measured step time, so that its cosine schedule ends within
 the budget (Lightning's ``max_time`` stops it at the budget in any case). ``--write`` puts the table
@@ -65,7 +65,7 @@ MODELS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
 # The RBC runs: the rbc_cells recipe's data and sizes, and what each variant adds to a model option's defaults.
 RBC = ["+experiment=rbc_cells", "task_name=model_zoo_rbc", "trainer.check_val_every_n_epoch=2"]
 VARIANTS = {
-    "plain": [],
+    "plain": ["recipe=none"],  # as +experiment=rbc_cells sets it
     # The EMA's warm-up is scaled to runs of a few hundred steps (its default, 2 000, suits COCO's 100 000).
     "recipe": ["callbacks=ema", "callbacks.ema.decay=0.999", "callbacks.ema.warmup_steps=100", "multi_scale=rt_detr", "sampler=repeat_factor",
                "decay_norms_and_biases=false"],
@@ -287,8 +287,9 @@ def main() -> None:
     if args.rbc_recipe:
         run_recipe_comparison(args)
         return
+    # recipe=none: the architectures compared under one recipe, not each under its paper's.
     overrides = [f"trainer.max_epochs={args.epochs}", f"trainer.check_val_every_n_epoch={args.epochs}", "trainer.num_sanity_val_steps=0",
-                 f"num_threads={args.threads}", "logger=none", "report=none", "test_after_fit=false"]  # fmt: skip
+                 f"num_threads={args.threads}", "logger=none", "report=none", "test_after_fit=false", "recipe=none"]  # fmt: skip
     if args.train_batches:
         overrides.append(f"+trainer.limit_train_batches={args.train_batches}")
     if args.val_batches:

@@ -84,11 +84,14 @@ def test_backbone_learning_rate_is_scaled(train_config) -> None:
     from cvexp.training import build_training
 
     module, _ = build_training(train_config(["backbone_lr_scale=0.1", "~scheduler", "optimizer.lr=0.002"]))
-    optimizer = module.configure_optimizers()
-    head, backbone = optimizer.param_groups
-    assert head["lr"] == pytest.approx(0.002) and backbone["lr"] == pytest.approx(0.0002)
+    # RT-DETR's recipe (no decay on norms and biases) splits each of head and backbone in two groups.
+    groups = {group["name"]: group for group in module.configure_optimizers().param_groups}
+    assert set(groups) == {"head", "head_no_decay", "backbone", "backbone_no_decay"}
+    assert all(groups[name]["lr"] == pytest.approx(0.002) for name in ("head", "head_no_decay"))
+    assert all(groups[name]["lr"] == pytest.approx(0.0002) for name in ("backbone", "backbone_no_decay"))
     assert module.backbone_modules == ("model.backbone",)  # declared by the model option
-    assert {id(p) for p in backbone["params"]} == {id(p) for p in module.model.model.backbone.parameters()}
+    in_backbone = {id(p) for name in ("backbone", "backbone_no_decay") for p in groups[name]["params"]}
+    assert in_backbone == {id(p) for p in module.model.model.backbone.parameters()}
 
 
 def test_precision_auto_is_fp32_on_cpu_and_explicit_values_pass_through() -> None:
