@@ -38,10 +38,11 @@ def _run_asha_sweep(tmp_path: Path, data_dir: Path, *overrides: str, sweeper: st
     # The learning rates that come first train; 1e-7 and 1e-6 barely move the loss, so ASHA stops
     # them at the first rung. val/loss, not val/map: after a few steps every trial's mAP is 0. The
     # test is about ASHA, so the model is pinned to one whose validation loss after three steps ranks
-    # these rates in that order (Deformable DETR); the default RT-DETR's moves with batch-norm
-    # statistics too, and lr=1e-3 can trail 3e-4 at the first rung and be stopped.
+    # these rates in that order (Deformable DETR, without its paper's multi-scale batches: recipe=none);
+    # the default RT-DETR's moves with batch-norm statistics too, and lr=1e-3 can trail 3e-4 at the
+    # first rung and be stopped.
     command = [sys.executable, "-m", "cvexp.train", "-m", f"sweeper={sweeper}", f"paths.data_dir={data_dir}", "debug=smoke",
-               "model=deformable_detr",
+               "model=deformable_detr", "recipe=none",
                f"trainer.max_epochs={MAX_EPOCHS}", "report=none", "test_after_fit=false",
                "optimized_metric=val/loss", "callbacks.model_checkpoint.mode=min", "hydra.callbacks.sweep_summary.mode=min",
                "hydra.sweeper.num_samples=1", "hydra.sweeper.scheduler.grace_period=1", "hydra.sweeper.init.num_cpus=2",
