@@ -15,9 +15,11 @@ from mlflow.tracking import MlflowClient
 from cvexp.paths import CONFIG_DIR
 
 # 80 training images in batches of 8: 10 steps an epoch, 4 epochs, validated after each; last.ckpt every 7 steps.
+# RT-DETR's recipe spelled out (callbacks=ema, multi_scale=rt_detr): the EMA and the batches' sizes resume too.
 DRILL = ["data.prepare.num_train=80", "data.prepare.num_val=20", "data.prepare.num_test=10", "data.batch_size=8", "trainer.max_epochs=4",
          "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1", "callbacks.last_checkpoint.every_n_train_steps=7",
-         "test_after_fit=false", "report=none", "num_threads=1", "augmentation=strong", "seed=3"]  # fmt: skip
+         "test_after_fit=false", "report=none", "num_threads=1", "augmentation=strong", "seed=3",
+         "callbacks=ema", "multi_scale=rt_detr"]  # fmt: skip
 KILLED_AT = 25  # in the third epoch; the last checkpoint before it is step 21, mid-epoch
 
 

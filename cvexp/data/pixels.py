@@ -18,7 +18,7 @@ device (the training module and the predictor call it).
 from __future__ import annotations
 
 import copy
-import random
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,8 +142,8 @@ class MultiScalePixels:
     """Multi-scale training: each batch resized to a size drawn from ``sizes`` (as the RT-DETR, D-FINE, DEIM and
     RF-DETR recipes train), in the processor's kind of resize; :meth:`model_input` is ``pixels``' own.
 
-    Evaluation keeps ``pixels`` (one size): only the training loader batches with this. The size is drawn
-    from Python's ``random``, which Lightning seeds in the training process and in every DataLoader worker.
+    Evaluation keeps ``pixels`` (one size): only the training loader batches with this. The size is a function
+    of the batch's pixels (:meth:`size_of`), so that a resumed run repeats it.
 
     Args:
         pixels: the run's pixels (:class:`TorchPixels` or :class:`ProcessorPixels`), at ``data.image_size``.
@@ -172,7 +172,16 @@ class MultiScalePixels:
         return self.pixels.channels_last
 
     def __call__(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._at_size[random.choice(self.sizes)](images)
+        return self._at_size[self.size_of(images)](images)
+
+    def size_of(self, images: Sequence[np.ndarray]) -> int:
+        """The batch's training size: a hash of its (augmented) pixels picks it. Those come from ``(seed, epoch, index)``
+        alone (:mod:`cvexp.data.sampling`), so a run resumed mid-epoch trains each batch at the size the uninterrupted
+        run did; Python's ``random`` would restart its sequence at the resume."""
+        digest = 0
+        for image in images:  # every 8th pixel of every image: cheap, and batches that differ anywhere differ here too
+            digest = zlib.crc32(np.ascontiguousarray(image[::8, ::8]).tobytes(), digest)
+        return self.sizes[digest % len(self.sizes)]
 
     def model_input(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
         return self.pixels.model_input(pixel_values, pixel_mask)
